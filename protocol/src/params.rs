@@ -1,0 +1,272 @@
+//! Chain parameters as a value, with the `devnet` and `regtest` presets and
+//! their deterministic genesis blocks.
+//!
+//! The devnet and regtest faucet key is derived from a public, documented
+//! seed ([`FAUCET_SEED`]): anyone can spend it, which is the point of a
+//! development network and the reason it must never be used elsewhere.
+
+use ed25519_dalek::SigningKey;
+
+use crate::asert::{AsertAnchor, AsertParams};
+use crate::block::{merkle_root, Block};
+use crate::codec::CodecError;
+use crate::header::Header;
+use crate::job::JobLimits;
+use crate::pow::{CompactError, CompactTarget};
+use crate::state::State;
+use crate::tx::{Coinbase, Transaction};
+use crate::types::{Address, Amount, BlockHash, Height};
+
+/// The insecure, public seed of the devnet and regtest faucet key: the ASCII
+/// text `gradchain devnet faucet seed 001`.
+pub const FAUCET_SEED: [u8; 32] = *b"gradchain devnet faucet seed 001";
+
+/// Base units in one coin.
+pub const COIN: u64 = 100_000_000;
+
+/// The faucet's signing key (insecure: its seed is public).
+pub fn faucet_key() -> SigningKey {
+    SigningKey::from_bytes(&FAUCET_SEED)
+}
+
+/// How the target moves from block to block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retarget {
+    /// Every block carries the proof-of-work limit.
+    Fixed,
+    /// ASERT anchored at block 1: block 1 carries the genesis bits, and later
+    /// blocks follow the schedule from block 1's time.
+    Asert {
+        /// Ideal seconds between blocks.
+        spacing: u32,
+        /// Seconds of drift that double or halve the target.
+        half_life: u32,
+    },
+}
+
+/// Everything that makes one chain different from another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainParams {
+    /// Preset name.
+    pub name: &'static str,
+    /// Mixed into every signature, so transactions never replay across chains.
+    pub chain_id: u32,
+    /// The block version this chain accepts.
+    pub block_version: u32,
+    /// Genesis time, unix seconds.
+    pub genesis_time: u32,
+    /// The easiest target a block may carry.
+    pub pow_limit: CompactTarget,
+    /// The target of genesis and of block 1.
+    pub genesis_bits: CompactTarget,
+    /// How the target moves.
+    pub retarget: Retarget,
+    /// How far past the local clock a block's time may be, in seconds.
+    pub max_future_drift: u32,
+    /// Coinbase subsidy at height 1.
+    pub initial_subsidy: Amount,
+    /// Blocks between subsidy halvings.
+    pub halving_interval: u64,
+    /// Smallest fee a transaction may pay.
+    pub min_fee: Amount,
+    /// Largest encoded block.
+    pub max_block_bytes: usize,
+    /// Most transactions in a block, coinbase included.
+    pub max_block_txs: usize,
+    /// Largest encoded transaction.
+    pub max_tx_bytes: usize,
+    /// The pre-funded faucet account.
+    pub faucet: Address,
+    /// The faucet's genesis balance.
+    pub faucet_premine: Amount,
+    /// Bounds on a single job.
+    pub job_limits: JobLimits,
+    /// Bound on the summed training cost of the results in one block.
+    pub max_block_training_cost: u64,
+    /// Most blocks between posting a job and its expiry.
+    pub max_job_lifetime: u64,
+}
+
+impl ChainParams {
+    /// A development network: a block every few seconds on a laptop, ASERT
+    /// with a short half-life, and a pre-funded faucet.
+    pub fn devnet() -> Self {
+        Self {
+            name: "devnet",
+            chain_id: 0x6465_7601,
+            // 2026-01-01T00:00:00Z.
+            genesis_time: 1_767_225_600,
+            pow_limit: CompactTarget(0x207f_ffff),
+            genesis_bits: CompactTarget(0x1e00_ffff),
+            retarget: Retarget::Asert {
+                spacing: 5,
+                half_life: 120,
+            },
+            max_future_drift: 60,
+            ..Self::common()
+        }
+    }
+
+    /// Regression testing: trivial proof of work, no retargeting.
+    pub fn regtest() -> Self {
+        Self {
+            name: "regtest",
+            chain_id: 0x7265_6701,
+            // 2026-01-01T00:00:00Z.
+            genesis_time: 1_767_225_600,
+            pow_limit: CompactTarget(0x207f_ffff),
+            genesis_bits: CompactTarget(0x207f_ffff),
+            retarget: Retarget::Fixed,
+            max_future_drift: 7200,
+            ..Self::common()
+        }
+    }
+
+    /// A preset by name.
+    pub fn by_name(name: &str) -> Option<Self> {
+        match name {
+            "devnet" => Some(Self::devnet()),
+            "regtest" => Some(Self::regtest()),
+            _ => None,
+        }
+    }
+
+    fn common() -> Self {
+        Self {
+            name: "",
+            chain_id: 0,
+            block_version: 1,
+            genesis_time: 0,
+            pow_limit: CompactTarget(0x207f_ffff),
+            genesis_bits: CompactTarget(0x207f_ffff),
+            retarget: Retarget::Fixed,
+            max_future_drift: 7200,
+            initial_subsidy: Amount(50u64.saturating_mul(COIN)),
+            halving_interval: 210_000,
+            min_fee: Amount(1),
+            max_block_bytes: 1 << 20,
+            max_block_txs: 10_000,
+            max_tx_bytes: 64 << 10,
+            faucet: Address::from_verifying_key(&faucet_key().verifying_key()),
+            faucet_premine: Amount(1_000_000u64.saturating_mul(COIN)),
+            job_limits: JobLimits {
+                max_hidden_layers: 8,
+                max_width: 1024,
+                max_features: 4096,
+                max_rows: 200_000,
+                max_classes: 1000,
+                max_epochs: 1000,
+                max_batch: 65_536,
+                max_cost: 20_000_000_000,
+            },
+            max_block_training_cost: 40_000_000_000,
+            max_job_lifetime: 100_000,
+        }
+    }
+
+    /// The coinbase subsidy at `height`: halves every `halving_interval`
+    /// blocks; nothing at genesis.
+    pub fn subsidy(&self, height: Height) -> Amount {
+        if height == Height::GENESIS {
+            return Amount::ZERO;
+        }
+        let halvings = height.0.checked_div(self.halving_interval).unwrap_or(0);
+        match u32::try_from(halvings) {
+            Ok(shift) if shift < 64 => Amount(self.initial_subsidy.0.checked_shr(shift).unwrap_or(0)),
+            _ => Amount::ZERO,
+        }
+    }
+
+    /// The state before any block: the faucet holds the premine.
+    pub fn genesis_state(&self) -> State {
+        let mut state = State::default();
+        state.credit_genesis(self.faucet, self.faucet_premine);
+        state
+    }
+
+    /// The genesis block: a coinbase minting the faucet premine, committing to
+    /// [`Self::genesis_state`]. Its proof of work is not checked.
+    pub fn genesis_block(&self) -> Result<Block, CodecError> {
+        let coinbase = Transaction::Coinbase(Coinbase {
+            height: Height::GENESIS,
+            miner: self.faucet,
+            amount: self.faucet_premine,
+        });
+        let header = Header {
+            version: self.block_version,
+            prev: BlockHash::ZERO,
+            merkle_root: merkle_root(&[coinbase.id()?]),
+            state_root: self.genesis_state().root()?,
+            time: self.genesis_time,
+            bits: self.genesis_bits,
+            nonce: 0,
+        };
+        Ok(Block {
+            header,
+            txs: vec![coinbase],
+        })
+    }
+
+    /// The ASERT schedule parameters, when this chain retargets.
+    pub fn asert(&self) -> Result<Option<AsertParams>, CompactError> {
+        match self.retarget {
+            Retarget::Fixed => Ok(None),
+            Retarget::Asert { spacing, half_life } => Ok(Some(AsertParams {
+                spacing: i64::from(spacing),
+                half_life: i64::from(half_life),
+                pow_limit: self.pow_limit.to_target()?,
+            })),
+        }
+    }
+
+    /// The ASERT anchor: block 1, whose parent time is taken as its own time
+    /// minus one spacing so the schedule starts on time whenever the chain is
+    /// first mined.
+    pub fn asert_anchor(&self, block1_time: u32) -> Result<AsertAnchor, CompactError> {
+        let spacing = match self.retarget {
+            Retarget::Asert { spacing, .. } => i64::from(spacing),
+            Retarget::Fixed => 0,
+        };
+        Ok(AsertAnchor {
+            height: 1,
+            parent_time: i64::from(block1_time).saturating_sub(spacing),
+            target: self.genesis_bits.to_target()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn genesis_is_deterministic_and_presets_differ() {
+        let devnet = ChainParams::devnet();
+        let a = devnet.genesis_block().unwrap();
+        let b = ChainParams::devnet().genesis_block().unwrap();
+        assert_eq!(a.hash(), b.hash());
+        let regtest = ChainParams::regtest().genesis_block().unwrap();
+        assert_ne!(a.hash(), regtest.hash());
+        assert_ne!(devnet.chain_id, ChainParams::regtest().chain_id);
+        assert_eq!(a.header.state_root, devnet.genesis_state().root().unwrap());
+    }
+
+    #[test]
+    fn subsidy_halves() {
+        let params = ChainParams::regtest();
+        assert_eq!(params.subsidy(Height(0)), Amount::ZERO);
+        assert_eq!(params.subsidy(Height(1)), params.initial_subsidy);
+        assert_eq!(params.subsidy(Height(210_000)).0, params.initial_subsidy.0 / 2);
+        assert_eq!(params.subsidy(Height(210_000 * 64)), Amount::ZERO);
+        assert_eq!(params.subsidy(Height(u64::MAX)), Amount::ZERO);
+    }
+
+    #[test]
+    fn faucet_address_comes_from_the_documented_seed() {
+        assert_eq!(&FAUCET_SEED, b"gradchain devnet faucet seed 001");
+        assert_eq!(
+            ChainParams::devnet().faucet,
+            Address::from_verifying_key(&faucet_key().verifying_key())
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! The account and job state, its root, and the journal that makes every
+//! change reversible.
+//!
+//! Every mutation goes through [`State::set_account`] or [`State::set_job`],
+//! which record the entry's value before its first change in a block into a
+//! [`BlockUndo`]. Undoing a block writes those values back, so a reorg
+//! restores the state, and therefore the state root, exactly. Maps are
+//! `BTreeMap`s: the root hashes entries in key order.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::codec::{self, CodecError};
+use crate::job::{JobResult, JobSpec};
+use crate::types::{Address, Amount, Height, JobId, StateRoot, TxId};
+
+/// An account: balance and the count of transactions it has sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Spendable balance.
+    pub balance: Amount,
+    /// The nonce its next transaction must carry.
+    pub nonce: u64,
+}
+
+/// Where a job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobStatus {
+    /// Waiting for a valid result; the bounty is escrowed.
+    Open,
+    /// Paid to the first valid result.
+    Fulfilled {
+        /// Who trained it.
+        worker: Address,
+        /// The verified result.
+        result: JobResult,
+        /// The `SubmitResult` transaction.
+        tx: TxId,
+        /// The height of the block that paid the bounty.
+        height: Height,
+    },
+    /// Expired unfulfilled; the bounty went back to the poster.
+    Expired {
+        /// The height at which it expired.
+        height: Height,
+    },
+}
+
+/// A posted job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Who posted it and paid the bounty.
+    pub poster: Address,
+    /// The manifest.
+    pub spec: JobSpec,
+    /// The escrowed reward.
+    pub bounty: Amount,
+    /// Height of the block that posted it.
+    pub posted_at: Height,
+    /// First height at which it is no longer open.
+    pub expires_at: Height,
+    /// Where it stands.
+    pub status: JobStatus,
+}
+
+impl JobRecord {
+    /// Whether the job still takes results.
+    pub fn is_open(&self) -> bool {
+        matches!(self.status, JobStatus::Open)
+    }
+}
+
+/// The entries a block changed, each with its value before the block
+/// (`None`: the entry did not exist). Undoing writes these back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockUndo {
+    /// Accounts before the block, in key order.
+    pub accounts: Vec<(Address, Option<Account>)>,
+    /// Jobs before the block, in key order.
+    pub jobs: Vec<(JobId, Option<JobRecord>)>,
+}
+
+/// Records the first prior value of each entry touched while applying a
+/// block or a transaction.
+#[derive(Clone, Debug, Default)]
+pub struct Journal {
+    accounts: BTreeMap<Address, Option<Account>>,
+    jobs: BTreeMap<JobId, Option<JobRecord>>,
+}
+
+impl Journal {
+    /// The recorded prior values, as undo data.
+    pub fn into_undo(self) -> BlockUndo {
+        BlockUndo {
+            accounts: self.accounts.into_iter().collect(),
+            jobs: self.jobs.into_iter().collect(),
+        }
+    }
+
+    /// Whether nothing was touched.
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty() && self.jobs.is_empty()
+    }
+}
+
+/// All balances, nonces and jobs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    accounts: BTreeMap<Address, Account>,
+    jobs: BTreeMap<JobId, JobRecord>,
+    /// Open jobs by expiry height, derived from `jobs`.
+    expiring: BTreeSet<(Height, JobId)>,
+}
+
+impl State {
+    /// Rebuilds a state from stored entries.
+    pub fn from_entries(
+        accounts: impl IntoIterator<Item = (Address, Account)>,
+        jobs: impl IntoIterator<Item = (JobId, JobRecord)>,
+    ) -> Self {
+        let mut state = Self {
+            accounts: accounts.into_iter().collect(),
+            ..Self::default()
+        };
+        for (id, job) in jobs {
+            state.put_job(id, Some(job));
+        }
+        state
+    }
+
+    /// The account at `address` (empty if never touched).
+    pub fn account(&self, address: &Address) -> Account {
+        self.accounts.get(address).copied().unwrap_or_default()
+    }
+
+    /// Whether `address` has an entry.
+    pub fn has_account(&self, address: &Address) -> bool {
+        self.accounts.contains_key(address)
+    }
+
+    /// A job by id.
+    pub fn job(&self, id: &JobId) -> Option<&JobRecord> {
+        self.jobs.get(id)
+    }
+
+    /// Every account, in address order.
+    pub fn accounts(&self) -> impl Iterator<Item = (&Address, &Account)> {
+        self.accounts.iter()
+    }
+
+    /// Every job, in id order.
+    pub fn jobs(&self) -> impl Iterator<Item = (&JobId, &JobRecord)> {
+        self.jobs.iter()
+    }
+
+    /// Open jobs whose expiry height is at most `height`, by expiry.
+    pub fn jobs_expiring_by(&self, height: Height) -> Vec<JobId> {
+        self.expiring
+            .iter()
+            .take_while(|(expires_at, _)| *expires_at <= height)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// The sum of all balances and of the bounties escrowed by open jobs.
+    pub fn total_supply(&self) -> Option<u64> {
+        let balances = self
+            .accounts
+            .values()
+            .try_fold(0u64, |sum, a| sum.checked_add(a.balance.0))?;
+        self.jobs
+            .values()
+            .filter(|job| job.is_open())
+            .try_fold(balances, |sum, job| sum.checked_add(job.bounty.0))
+    }
+
+    /// The state root: SHA-256 over a domain tag and every account and job
+    /// entry, canonically encoded, in key order.
+    pub fn root(&self) -> Result<StateRoot, CodecError> {
+        let mut hasher = Sha256::new();
+        hasher.update(b"gradchain/state/v1");
+        hasher.update(u64::try_from(self.accounts.len()).unwrap_or(u64::MAX).to_le_bytes());
+        for (address, account) in &self.accounts {
+            hasher.update(address.as_bytes());
+            hasher.update(account.balance.0.to_le_bytes());
+            hasher.update(account.nonce.to_le_bytes());
+        }
+        hasher.update(u64::try_from(self.jobs.len()).unwrap_or(u64::MAX).to_le_bytes());
+        for (id, job) in &self.jobs {
+            hasher.update(id.as_bytes());
+            hasher.update(codec::encode(job)?);
+        }
+        Ok(StateRoot(hasher.finalize().into()))
+    }
+
+    pub(crate) fn credit_genesis(&mut self, address: Address, amount: Amount) {
+        self.accounts.insert(
+            address,
+            Account {
+                balance: amount,
+                nonce: 0,
+            },
+        );
+    }
+
+    /// Sets `address`'s account, recording its prior value in `journal`.
+    pub fn set_account(&mut self, journal: &mut Journal, address: Address, account: Account) {
+        let prior = self.accounts.get(&address).copied();
+        journal.accounts.entry(address).or_insert(prior);
+        self.accounts.insert(address, account);
+    }
+
+    /// Sets or removes job `id`, recording its prior value in `journal`.
+    pub fn set_job(&mut self, journal: &mut Journal, id: JobId, job: Option<JobRecord>) {
+        let prior = self.jobs.get(&id).cloned();
+        journal.jobs.entry(id).or_insert(prior);
+        self.put_job(id, job);
+    }
+
+    fn put_job(&mut self, id: JobId, job: Option<JobRecord>) {
+        if let Some(old) = self.jobs.get(&id) {
+            self.expiring.remove(&(old.expires_at, id));
+        }
+        match job {
+            Some(job) => {
+                if job.is_open() {
+                    self.expiring.insert((job.expires_at, id));
+                }
+                self.jobs.insert(id, job);
+            }
+            None => {
+                self.jobs.remove(&id);
+            }
+        }
+    }
+
+    /// Writes back the prior values in `undo`.
+    pub fn undo(&mut self, undo: &BlockUndo) {
+        for (address, prior) in &undo.accounts {
+            match prior {
+                Some(account) => {
+                    self.accounts.insert(*address, *account);
+                }
+                None => {
+                    self.accounts.remove(address);
+                }
+            }
+        }
+        for (id, prior) in &undo.jobs {
+            self.put_job(*id, prior.clone());
+        }
+    }
+
+    /// Rolls back everything recorded in `journal`.
+    pub fn rollback(&mut self, journal: Journal) {
+        self.undo(&journal.into_undo());
+    }
+}

@@ -1,0 +1,800 @@
+//! The consensus rules, as free functions over values with typed errors.
+//!
+//! - Headers: [`check_header`] (version, parent, target bits, proof of work,
+//!   time against median-time-past and the future-drift bound), with
+//!   [`expected_bits`] and [`median_time_past`].
+//! - Transactions: [`check_tx_stateless`] (size, fee, signature, job spec),
+//!   then [`apply_transaction`] against a state (nonce, balance, the job
+//!   contract, and a training replay through a [`TrainingVerifier`]).
+//! - Blocks: [`check_block_body`] (structure and merkle root), then
+//!   [`apply_block`] (expiries, every transaction, the coinbase bound, the
+//!   state root), reversed exactly by [`undo_block`].
+//!
+//! A function that fails leaves the state as it found it.
+
+use std::collections::BTreeSet;
+
+use crate::asert::{self, AsertError};
+use crate::block::{merkle_root, Block};
+use crate::codec::CodecError;
+use crate::header::SealedHeader;
+use crate::job::{check_acceptance, AcceptanceError, JobSpecError, TrainingVerifier, VerifyError};
+use crate::params::ChainParams;
+use crate::pow::{CompactError, CompactTarget, Target};
+use crate::state::{BlockUndo, JobRecord, JobStatus, Journal, State};
+use crate::tx::{SignatureError, SignedTx, Transaction, TxKind};
+use crate::types::{Address, Amount, BlockHash, Height, JobId, MerkleRoot, StateRoot, TxId};
+
+/// Blocks whose times form the median time past.
+pub const MEDIAN_TIME_SPAN: usize = 11;
+
+/// Why a header is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// The version is not this chain's.
+    #[error("block version {got}, expected {expected}")]
+    Version {
+        /// The header's version.
+        got: u32,
+        /// This chain's.
+        expected: u32,
+    },
+    /// The header does not build on the expected parent.
+    #[error("previous block {got}, expected {expected}")]
+    WrongParent {
+        /// The expected parent.
+        expected: BlockHash,
+        /// The header's parent.
+        got: BlockHash,
+    },
+    /// The bits are not what the difficulty schedule requires.
+    #[error("target bits {got}, expected {expected}")]
+    WrongTargetBits {
+        /// Required bits.
+        expected: CompactTarget,
+        /// The header's bits.
+        got: CompactTarget,
+    },
+    /// The bits do not encode a valid target.
+    #[error("invalid target bits: {0}")]
+    InvalidBits(#[from] CompactError),
+    /// The target is easier than the proof-of-work limit.
+    #[error("target {target} is easier than the limit {limit}")]
+    TargetAboveLimit {
+        /// The header's target.
+        target: Target,
+        /// The chain's limit.
+        limit: Target,
+    },
+    /// The hash is above the target.
+    #[error("block hash {hash} is above its target {target}")]
+    BadProofOfWork {
+        /// The header's hash.
+        hash: BlockHash,
+        /// Its target.
+        target: Target,
+    },
+    /// The time is not after the median of the last 11 blocks.
+    #[error("block time {time} is not after the median time past {median_time_past}")]
+    TimeTooOld {
+        /// The header's time.
+        time: u32,
+        /// The median time past.
+        median_time_past: u32,
+    },
+    /// The time is too far ahead of the local clock.
+    #[error("block time {time} is more than the allowed drift ahead of now: expected at most {max}")]
+    TimeTooNew {
+        /// The header's time.
+        time: u32,
+        /// Local time plus the drift bound.
+        max: u32,
+    },
+    /// The difficulty schedule needs block 1's time and none was given.
+    #[error("the ASERT anchor (block 1's time) is needed above height 1")]
+    MissingAnchor,
+    /// The difficulty schedule could not be computed.
+    #[error("difficulty schedule: {0}")]
+    Asert(#[from] AsertError),
+}
+
+/// Why a job-contract rule rejects a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The spec is invalid.
+    #[error("invalid job spec: {0}")]
+    InvalidSpec(#[from] JobSpecError),
+    /// The bounty is zero.
+    #[error("bounty is 0, expected a positive amount")]
+    ZeroBounty,
+    /// The expiry height is not in the allowed window.
+    #[error("expiry height {expires_at} is outside {min}..={max}")]
+    BadExpiry {
+        /// Requested expiry.
+        expires_at: Height,
+        /// Earliest allowed.
+        min: Height,
+        /// Latest allowed.
+        max: Height,
+    },
+    /// The poster cannot pay bounty plus fee.
+    #[error("bounty {bounty} plus fee {fee} exceeds the poster's balance {balance}")]
+    BountyUnaffordable {
+        /// The bounty.
+        bounty: Amount,
+        /// The fee.
+        fee: Amount,
+        /// The poster's balance.
+        balance: Amount,
+    },
+    /// No job has this id.
+    #[error("unknown job {0}")]
+    UnknownJob(JobId),
+    /// The job expired before this result.
+    #[error("job {job} expired at height {expires_at}")]
+    Expired {
+        /// The job.
+        job: JobId,
+        /// Its expiry height.
+        expires_at: Height,
+    },
+    /// The job was already paid.
+    #[error("job {job} was already fulfilled at height {height}")]
+    AlreadyFulfilled {
+        /// The job.
+        job: JobId,
+        /// Where it was fulfilled.
+        height: Height,
+    },
+    /// The claimed metric does not earn the bounty.
+    #[error("result for job {job} not accepted: {reason}")]
+    NotAccepted {
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: AcceptanceError,
+    },
+    /// Replaying the training did not reproduce the claim.
+    #[error("result for job {job} failed verification: {reason}")]
+    ResultRejected {
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: VerifyError,
+    },
+}
+
+/// Why a transaction is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxError {
+    /// The encoded transaction is too large.
+    #[error("transaction is {size} bytes, expected at most {max}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The signature or key is bad.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The nonce is not the sender's next.
+    #[error("nonce {got} for {address}, expected {expected}")]
+    NonceMismatch {
+        /// The sender.
+        address: Address,
+        /// The account's next nonce.
+        expected: u64,
+        /// The transaction's.
+        got: u64,
+    },
+    /// The fee is under the minimum.
+    #[error("fee {fee} is below the minimum {min}")]
+    FeeTooLow {
+        /// The fee.
+        fee: Amount,
+        /// The minimum.
+        min: Amount,
+    },
+    /// A transfer of nothing.
+    #[error("transfer amount is 0, expected a positive amount")]
+    ZeroAmount,
+    /// The sender cannot pay.
+    #[error("{address} needs {needed} but has {available}")]
+    InsufficientBalance {
+        /// The sender.
+        address: Address,
+        /// Amount plus fee.
+        needed: Amount,
+        /// Its balance.
+        available: Amount,
+    },
+    /// A job-contract rule.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// A sum left the range of the type.
+    #[error("arithmetic overflow in {0}")]
+    Overflow(&'static str),
+    /// The transaction could not be encoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// Why a block is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    /// The header is invalid.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    /// The block has no transactions.
+    #[error("block has no transactions, expected a coinbase first")]
+    NoCoinbase,
+    /// A coinbase other than first.
+    #[error("transaction {index} is a coinbase, expected only the first")]
+    ExtraCoinbase {
+        /// Its position.
+        index: usize,
+    },
+    /// The coinbase's height is wrong.
+    #[error("coinbase height {got}, expected {expected}")]
+    CoinbaseHeight {
+        /// The block's height.
+        expected: Height,
+        /// The coinbase's.
+        got: Height,
+    },
+    /// The coinbase pays more than subsidy plus fees.
+    #[error("coinbase pays {amount}, expected at most {max} (subsidy plus fees)")]
+    CoinbaseTooLarge {
+        /// What it pays.
+        amount: Amount,
+        /// Subsidy plus fees.
+        max: Amount,
+    },
+    /// The same transaction twice.
+    #[error("transaction {0} appears twice")]
+    DuplicateTx(TxId),
+    /// Too many transactions.
+    #[error("block has {count} transactions, expected at most {max}")]
+    TooManyTxs {
+        /// The count.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The encoded block is too large.
+    #[error("block is {size} bytes, expected at most {max}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The merkle root does not match the transactions.
+    #[error("merkle root {got}, expected {expected}")]
+    BadMerkleRoot {
+        /// Computed from the transactions.
+        expected: MerkleRoot,
+        /// In the header.
+        got: MerkleRoot,
+    },
+    /// The state root does not match the state after the block.
+    #[error("state root {got}, expected {expected}")]
+    BadStateRoot {
+        /// Computed by applying the block.
+        expected: StateRoot,
+        /// In the header.
+        got: StateRoot,
+    },
+    /// The results in the block would take too long to verify.
+    #[error("block training cost {cost} exceeds the bound {max}")]
+    TrainingCostTooHigh {
+        /// Summed cost of the results.
+        cost: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// A transaction is invalid.
+    #[error("transaction {index} ({txid}): {source}")]
+    Tx {
+        /// Its position.
+        index: usize,
+        /// Its id.
+        txid: TxId,
+        /// Why.
+        source: Box<TxError>,
+    },
+    /// A sum left the range of the type.
+    #[error("arithmetic overflow in {0}")]
+    Overflow(&'static str),
+    /// The block could not be encoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// The median of the last (up to) eleven block times, oldest first.
+pub fn median_time_past(times: &[u32]) -> u32 {
+    let start = times.len().saturating_sub(MEDIAN_TIME_SPAN);
+    let mut window: Vec<u32> = times.iter().skip(start).copied().collect();
+    window.sort_unstable();
+    window.get(window.len() / 2).copied().unwrap_or(0)
+}
+
+/// The bits the child of a block at `parent_height` with `parent_time` must
+/// carry. `block1_time` is the time of block 1, the ASERT anchor, needed
+/// once the parent is at height 1 or above.
+pub fn expected_bits(
+    params: &ChainParams,
+    parent_height: Height,
+    parent_time: u32,
+    block1_time: Option<u32>,
+) -> Result<CompactTarget, HeaderError> {
+    let Some(schedule) = params.asert()? else {
+        return Ok(params.pow_limit);
+    };
+    if parent_height == Height::GENESIS {
+        return Ok(params.genesis_bits);
+    }
+    let anchor = params.asert_anchor(block1_time.ok_or(HeaderError::MissingAnchor)?)?;
+    let target = asert::next_target(&schedule, &anchor, parent_height.0, i64::from(parent_time))?;
+    Ok(target.to_compact())
+}
+
+/// What a header is checked against: facts about its parent and the clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderContext {
+    /// The parent's hash.
+    pub parent: BlockHash,
+    /// Bits required by [`expected_bits`].
+    pub expected_bits: CompactTarget,
+    /// Median time past of the parent and its ancestors.
+    pub median_time_past: u32,
+    /// Local clock, unix seconds.
+    pub now: u32,
+}
+
+/// Checks the header's target bits against its own hash and the chain's
+/// limit. Needs no context, so it runs first on anything from a peer.
+pub fn check_proof_of_work(header: &SealedHeader, params: &ChainParams) -> Result<(), HeaderError> {
+    let target = header.header().bits.to_target()?;
+    let limit = params.pow_limit.to_target()?;
+    if target > limit {
+        return Err(HeaderError::TargetAboveLimit { target, limit });
+    }
+    if !target.is_met_by(&header.hash()) {
+        return Err(HeaderError::BadProofOfWork {
+            hash: header.hash(),
+            target,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a header against its context: version, parent, bits, proof of
+/// work, and time.
+pub fn check_header(
+    header: &SealedHeader,
+    context: &HeaderContext,
+    params: &ChainParams,
+) -> Result<(), HeaderError> {
+    let h = header.header();
+    if h.version != params.block_version {
+        return Err(HeaderError::Version {
+            got: h.version,
+            expected: params.block_version,
+        });
+    }
+    if h.prev != context.parent {
+        return Err(HeaderError::WrongParent {
+            expected: context.parent,
+            got: h.prev,
+        });
+    }
+    if h.bits != context.expected_bits {
+        return Err(HeaderError::WrongTargetBits {
+            expected: context.expected_bits,
+            got: h.bits,
+        });
+    }
+    check_proof_of_work(header, params)?;
+    if h.time <= context.median_time_past {
+        return Err(HeaderError::TimeTooOld {
+            time: h.time,
+            median_time_past: context.median_time_past,
+        });
+    }
+    let max = context.now.saturating_add(params.max_future_drift);
+    if h.time > max {
+        return Err(HeaderError::TimeTooNew { time: h.time, max });
+    }
+    Ok(())
+}
+
+/// Checks what a transaction must satisfy on its own: size, minimum fee,
+/// positive amounts, a valid job spec, and its signature. Returns its id.
+pub fn check_tx_stateless(tx: &SignedTx, params: &ChainParams) -> Result<TxId, TxError> {
+    let size = tx.encoded_len()?;
+    if size > params.max_tx_bytes {
+        return Err(TxError::TooLarge {
+            size,
+            max: params.max_tx_bytes,
+        });
+    }
+    if tx.body.fee < params.min_fee {
+        return Err(TxError::FeeTooLow {
+            fee: tx.body.fee,
+            min: params.min_fee,
+        });
+    }
+    match &tx.body.kind {
+        TxKind::Transfer { amount, .. } if *amount == Amount::ZERO => {
+            return Err(TxError::ZeroAmount);
+        }
+        TxKind::PostJob { spec, bounty, .. } => {
+            spec.validate(&params.job_limits).map_err(JobError::from)?;
+            if *bounty == Amount::ZERO {
+                return Err(JobError::ZeroBounty.into());
+            }
+        }
+        _ => {}
+    }
+    tx.verify_signature(params.chain_id)?;
+    tx.id().map_err(TxError::from)
+}
+
+fn debit(
+    state: &State,
+    address: &Address,
+    needed: Amount,
+) -> Result<crate::state::Account, TxError> {
+    let mut account = state.account(address);
+    account.balance = account
+        .balance
+        .checked_sub(needed)
+        .ok_or(TxError::InsufficientBalance {
+            address: *address,
+            needed,
+            available: account.balance,
+        })?;
+    Ok(account)
+}
+
+fn credit(state: &mut State, journal: &mut Journal, address: Address, amount: Amount) -> Result<(), TxError> {
+    let mut account = state.account(&address);
+    account.balance = account
+        .balance
+        .checked_add(amount)
+        .ok_or(TxError::Overflow("balance"))?;
+    state.set_account(journal, address, account);
+    Ok(())
+}
+
+/// Applies one signed transaction at `height`, recording prior values in
+/// `journal`, and returns its fee. The stateless checks
+/// ([`check_tx_stateless`]) must already have passed. On error the state
+/// may be partly changed: roll back with the journal.
+pub fn apply_transaction(
+    state: &mut State,
+    journal: &mut Journal,
+    tx: &SignedTx,
+    txid: TxId,
+    height: Height,
+    params: &ChainParams,
+    verifier: &dyn TrainingVerifier,
+) -> Result<Amount, TxError> {
+    let from = tx.body.from;
+    let fee = tx.body.fee;
+    let sender = state.account(&from);
+    if sender.nonce != tx.body.nonce {
+        return Err(TxError::NonceMismatch {
+            address: from,
+            expected: sender.nonce,
+            got: tx.body.nonce,
+        });
+    }
+    let next_nonce = sender.nonce.checked_add(1).ok_or(TxError::Overflow("nonce"))?;
+    match &tx.body.kind {
+        TxKind::Transfer { to, amount } => {
+            let needed = amount.checked_add(fee).ok_or(TxError::Overflow("amount plus fee"))?;
+            let mut account = debit(state, &from, needed)?;
+            account.nonce = next_nonce;
+            state.set_account(journal, from, account);
+            credit(state, journal, *to, *amount)?;
+        }
+        TxKind::PostJob {
+            spec,
+            bounty,
+            expires_at,
+        } => {
+            let min = height.next().ok_or(TxError::Overflow("height"))?;
+            let max = height.checked_add(params.max_job_lifetime).ok_or(TxError::Overflow("height"))?;
+            if *expires_at < min || *expires_at > max {
+                return Err(JobError::BadExpiry {
+                    expires_at: *expires_at,
+                    min,
+                    max,
+                }
+                .into());
+            }
+            let needed = bounty.checked_add(fee).ok_or(TxError::Overflow("bounty plus fee"))?;
+            let mut account = debit(state, &from, needed).map_err(|_| JobError::BountyUnaffordable {
+                bounty: *bounty,
+                fee,
+                balance: sender.balance,
+            })?;
+            account.nonce = next_nonce;
+            state.set_account(journal, from, account);
+            let record = JobRecord {
+                poster: from,
+                spec: spec.clone(),
+                bounty: *bounty,
+                posted_at: height,
+                expires_at: *expires_at,
+                status: JobStatus::Open,
+            };
+            state.set_job(journal, JobId::from(txid), Some(record));
+        }
+        TxKind::SubmitResult { job, result } => {
+            let record = state.job(job).ok_or(JobError::UnknownJob(*job))?;
+            match record.status {
+                JobStatus::Open => {}
+                JobStatus::Fulfilled { height, .. } => {
+                    return Err(JobError::AlreadyFulfilled { job: *job, height }.into());
+                }
+                JobStatus::Expired { .. } => {
+                    return Err(JobError::Expired {
+                        job: *job,
+                        expires_at: record.expires_at,
+                    }
+                    .into());
+                }
+            }
+            if height >= record.expires_at {
+                return Err(JobError::Expired {
+                    job: *job,
+                    expires_at: record.expires_at,
+                }
+                .into());
+            }
+            check_acceptance(&record.spec, &result.metric)
+                .map_err(|reason| JobError::NotAccepted { job: *job, reason })?;
+            // The bounty pays the fee when the worker has nothing yet.
+            let mut account = state.account(&from);
+            let gross = account
+                .balance
+                .checked_add(record.bounty)
+                .ok_or(TxError::Overflow("balance"))?;
+            account.balance = gross.checked_sub(fee).ok_or(TxError::InsufficientBalance {
+                address: from,
+                needed: fee,
+                available: gross,
+            })?;
+            account.nonce = next_nonce;
+            // The replay is the expensive check: it runs last.
+            verifier
+                .verify(job, &record.spec, &from, result)
+                .map_err(|reason| JobError::ResultRejected { job: *job, reason })?;
+            let mut fulfilled = record.clone();
+            fulfilled.status = JobStatus::Fulfilled {
+                worker: from,
+                result: *result,
+                tx: txid,
+                height,
+            };
+            state.set_account(journal, from, account);
+            state.set_job(journal, *job, Some(fulfilled));
+        }
+    }
+    Ok(fee)
+}
+
+/// Expires the open jobs whose expiry height has come, refunding posters.
+fn expire_jobs(state: &mut State, journal: &mut Journal, height: Height) -> Result<(), TxError> {
+    for id in state.jobs_expiring_by(height) {
+        let Some(mut record) = state.job(&id).cloned() else {
+            continue;
+        };
+        credit(state, journal, record.poster, record.bounty)?;
+        record.status = JobStatus::Expired { height };
+        state.set_job(journal, id, Some(record));
+    }
+    Ok(())
+}
+
+/// Checks a block's structure: a coinbase first and only first, at the
+/// block's height; no duplicate transactions; counts and size within
+/// bounds; the merkle root. Returns the transaction ids.
+pub fn check_block_body(
+    block: &Block,
+    height: Height,
+    params: &ChainParams,
+) -> Result<Vec<TxId>, BlockError> {
+    if block.txs.len() > params.max_block_txs {
+        return Err(BlockError::TooManyTxs {
+            count: block.txs.len(),
+            max: params.max_block_txs,
+        });
+    }
+    let size = block.encode()?.len();
+    if size > params.max_block_bytes {
+        return Err(BlockError::TooLarge {
+            size,
+            max: params.max_block_bytes,
+        });
+    }
+    match block.txs.first() {
+        Some(Transaction::Coinbase(coinbase)) => {
+            if coinbase.height != height {
+                return Err(BlockError::CoinbaseHeight {
+                    expected: height,
+                    got: coinbase.height,
+                });
+            }
+        }
+        _ => return Err(BlockError::NoCoinbase),
+    }
+    if let Some(index) = block
+        .txs
+        .iter()
+        .skip(1)
+        .position(|tx| matches!(tx, Transaction::Coinbase(_)))
+    {
+        return Err(BlockError::ExtraCoinbase {
+            index: index.saturating_add(1),
+        });
+    }
+    let ids = block.tx_ids()?;
+    let mut seen = BTreeSet::new();
+    for id in &ids {
+        if !seen.insert(*id) {
+            return Err(BlockError::DuplicateTx(*id));
+        }
+    }
+    let expected = merkle_root(&ids);
+    if expected != block.header.merkle_root {
+        return Err(BlockError::BadMerkleRoot {
+            expected,
+            got: block.header.merkle_root,
+        });
+    }
+    Ok(ids)
+}
+
+/// Applies a block's transactions at `height` without checking the state
+/// root: expiries, each signed transaction, the summed training cost, the
+/// coinbase bound. On error the state is rolled back.
+fn apply_body(
+    state: &mut State,
+    txs: &[Transaction],
+    ids: &[TxId],
+    height: Height,
+    params: &ChainParams,
+    verifier: &dyn TrainingVerifier,
+) -> Result<Journal, BlockError> {
+    let mut journal = Journal::default();
+    match apply_body_into(state, &mut journal, txs, ids, height, params, verifier) {
+        Ok(()) => Ok(journal),
+        Err(err) => {
+            state.rollback(journal);
+            Err(err)
+        }
+    }
+}
+
+fn apply_body_into(
+    state: &mut State,
+    journal: &mut Journal,
+    txs: &[Transaction],
+    ids: &[TxId],
+    height: Height,
+    params: &ChainParams,
+    verifier: &dyn TrainingVerifier,
+) -> Result<(), BlockError> {
+    expire_jobs(state, journal, height).map_err(|source| BlockError::Tx {
+        index: 0,
+        txid: ids.first().copied().unwrap_or_default(),
+        source: Box::new(source),
+    })?;
+    let mut fees = Amount::ZERO;
+    let mut training_cost = 0u64;
+    let mut coinbase = None;
+    for (index, (tx, txid)) in txs.iter().zip(ids).enumerate() {
+        let signed = match tx {
+            Transaction::Coinbase(cb) => {
+                coinbase = Some(*cb);
+                continue;
+            }
+            Transaction::Signed(signed) => signed,
+        };
+        let fail = |source: TxError| BlockError::Tx {
+            index,
+            txid: *txid,
+            source: Box::new(source),
+        };
+        check_tx_stateless(signed, params).map_err(fail)?;
+        if let TxKind::SubmitResult { job, .. } = &signed.body.kind {
+            if let Some(cost) = state.job(job).and_then(|record| record.spec.training_cost()) {
+                training_cost = training_cost.saturating_add(cost);
+                if training_cost > params.max_block_training_cost {
+                    return Err(BlockError::TrainingCostTooHigh {
+                        cost: training_cost,
+                        max: params.max_block_training_cost,
+                    });
+                }
+            }
+        }
+        let fee = apply_transaction(state, journal, signed, *txid, height, params, verifier)
+            .map_err(fail)?;
+        fees = fees.checked_add(fee).ok_or(BlockError::Overflow("fees"))?;
+    }
+    let coinbase = coinbase.ok_or(BlockError::NoCoinbase)?;
+    let max = params
+        .subsidy(height)
+        .checked_add(fees)
+        .ok_or(BlockError::Overflow("subsidy plus fees"))?;
+    if coinbase.amount > max {
+        return Err(BlockError::CoinbaseTooLarge {
+            amount: coinbase.amount,
+            max,
+        });
+    }
+    credit(state, journal, coinbase.miner, coinbase.amount).map_err(|source| BlockError::Tx {
+        index: 0,
+        txid: ids.first().copied().unwrap_or_default(),
+        source: Box::new(source),
+    })?;
+    Ok(())
+}
+
+/// Validates `block` as the block at `height` on top of `state` and applies
+/// it, returning the undo data. The header must already have passed
+/// [`check_header`]. On any error the state is left unchanged.
+pub fn apply_block(
+    state: &mut State,
+    block: &Block,
+    height: Height,
+    params: &ChainParams,
+    verifier: &dyn TrainingVerifier,
+) -> Result<BlockUndo, BlockError> {
+    let ids = check_block_body(block, height, params)?;
+    let journal = apply_body(state, &block.txs, &ids, height, params, verifier)?;
+    let root = match state.root() {
+        Ok(root) => root,
+        Err(err) => {
+            state.rollback(journal);
+            return Err(err.into());
+        }
+    };
+    if root != block.header.state_root {
+        state.rollback(journal);
+        return Err(BlockError::BadStateRoot {
+            expected: root,
+            got: block.header.state_root,
+        });
+    }
+    Ok(journal.into_undo())
+}
+
+/// Reverses [`apply_block`] with its undo data.
+pub fn undo_block(state: &mut State, undo: &BlockUndo) {
+    state.undo(undo);
+}
+
+/// The state root a block with these transactions would commit to at
+/// `height`, for building block templates. The state is left unchanged.
+pub fn template_state_root(
+    state: &mut State,
+    txs: &[Transaction],
+    height: Height,
+    params: &ChainParams,
+    verifier: &dyn TrainingVerifier,
+) -> Result<StateRoot, BlockError> {
+    let ids = txs
+        .iter()
+        .map(Transaction::id)
+        .collect::<Result<Vec<_>, _>>()?;
+    let journal = apply_body(state, txs, &ids, height, params, verifier)?;
+    let root = state.root();
+    state.rollback(journal);
+    Ok(root?)
+}
