@@ -71,18 +71,21 @@ pub fn next_target(
             half_life: params.half_life,
         });
     }
-    let height_diff =
-        parent_height
-            .checked_sub(anchor.height)
-            .ok_or(AsertError::BeforeAnchor {
-                parent: parent_height,
-                anchor: anchor.height,
-            })?;
+    let height_diff = parent_height
+        .checked_sub(anchor.height)
+        .ok_or(AsertError::BeforeAnchor {
+            parent: parent_height,
+            anchor: anchor.height,
+        })?;
     let time_diff = i128::from(parent_time)
         .checked_sub(i128::from(anchor.parent_time))
         .ok_or(AsertError::OutOfRange)?;
     let scheduled = i128::from(params.spacing)
-        .checked_mul(i128::from(height_diff).checked_add(1).ok_or(AsertError::OutOfRange)?)
+        .checked_mul(
+            i128::from(height_diff)
+                .checked_add(1)
+                .ok_or(AsertError::OutOfRange)?,
+        )
         .ok_or(AsertError::OutOfRange)?;
     // Division truncates toward zero, as the spec requires.
     let exponent = time_diff

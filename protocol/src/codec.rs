@@ -143,7 +143,13 @@ mod tests {
     #[test]
     fn trailing_bytes_are_rejected() {
         let err = decode::<u32>(&[1, 0, 0, 0, 9]).unwrap_err();
-        assert_eq!(err, CodecError::TrailingBytes { consumed: 4, len: 5 });
+        assert_eq!(
+            err,
+            CodecError::TrailingBytes {
+                consumed: 4,
+                len: 5
+            }
+        );
     }
 
     #[test]
@@ -156,7 +162,10 @@ mod tests {
     fn hostile_length_prefix_is_an_error_not_an_allocation() {
         let mut bytes = u64::MAX.to_le_bytes().to_vec();
         bytes.push(1);
-        assert!(matches!(decode::<Vec<u8>>(&bytes), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            decode::<Vec<u8>>(&bytes),
+            Err(CodecError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -53,7 +53,10 @@ const TAIL_LEN: usize = HEADER_SIZE - 64;
 /// The header's length in bits, as the SHA-256 padding records it.
 #[allow(clippy::as_conversions, clippy::arithmetic_side_effects)] // a small constant
 const HEADER_BITS: u64 = (HEADER_SIZE as u64) * 8;
-const _: () = assert!(HEADER_SIZE <= 119, "header must leave room for padding in two blocks");
+const _: () = assert!(
+    HEADER_SIZE <= 119,
+    "header must leave room for padding in two blocks"
+);
 const _: () = assert!(NONCE_OFFSET >= 64, "nonce must sit in the second block");
 
 fn compress(state: &mut [u32; 8], block: &[u8; 64]) {
@@ -118,7 +121,12 @@ impl HeaderHasher {
 
     /// `sha256d` of the header with `nonce` in place.
     pub fn hash_with_nonce(&mut self, nonce: u64) -> [u8; 32] {
-        for (dst, src) in self.tail.iter_mut().skip(NONCE_IN_TAIL).zip(nonce.to_le_bytes()) {
+        for (dst, src) in self
+            .tail
+            .iter_mut()
+            .skip(NONCE_IN_TAIL)
+            .zip(nonce.to_le_bytes())
+        {
             *dst = src;
         }
         let mut inner = self.midstate;

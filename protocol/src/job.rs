@@ -383,7 +383,12 @@ impl JobSpec {
     /// the supported engine version and a bounded training cost.
     pub fn validate(&self, limits: &JobLimits) -> Result<(), JobSpecError> {
         bound("dataset rows", self.dataset.rows, 1, limits.max_rows)?;
-        bound("dataset features", self.dataset.features, 1, limits.max_features)?;
+        bound(
+            "dataset features",
+            self.dataset.features,
+            1,
+            limits.max_features,
+        )?;
         let layers = u32::try_from(self.model.hidden.len()).unwrap_or(u32::MAX);
         bound("hidden layers", layers, 0, limits.max_hidden_layers)?;
         for width in &self.model.hidden {
@@ -398,7 +403,11 @@ impl JobSpec {
             });
         }
         let consistent = match (self.task, self.loss, self.acceptance) {
-            (Task::Classification { classes }, Loss::CrossEntropy, Acceptance::MinAccuracy { ppm }) => {
+            (
+                Task::Classification { classes },
+                Loss::CrossEntropy,
+                Acceptance::MinAccuracy { ppm },
+            ) => {
                 bound("classes", classes, 2, limits.max_classes)?;
                 bound("min accuracy ppm", ppm, 0, 1_000_000)?;
                 true
@@ -647,9 +656,15 @@ mod tests {
     #[test]
     fn parameter_count_and_cost() {
         let spec = digits();
-        assert_eq!(spec.parameter_count(), Some(64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10));
+        assert_eq!(
+            spec.parameter_count(),
+            Some(64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10)
+        );
         let sizes = spec.split.sizes(1797).unwrap();
-        assert_eq!((sizes.train, sizes.validation, sizes.test), (1259, 179, 359));
+        assert_eq!(
+            (sizes.train, sizes.validation, sizes.test),
+            (1259, 179, 359)
+        );
         assert_eq!(spec.training_cost(), Some(30 * 1259 * 26122));
         spec.validate(&limits()).unwrap();
     }
@@ -658,24 +673,42 @@ mod tests {
     fn invalid_specs_name_the_field() {
         let mut spec = digits();
         spec.l2 = F32Bits::from_f32(f32::NAN);
-        assert!(matches!(spec.validate(&limits()), Err(JobSpecError::NotFinite { field: "l2", .. })));
+        assert!(matches!(
+            spec.validate(&limits()),
+            Err(JobSpecError::NotFinite { field: "l2", .. })
+        ));
 
         let mut spec = digits();
         spec.model.hidden = vec![100_000];
-        assert!(matches!(spec.validate(&limits()), Err(JobSpecError::Bound { field: "hidden width", .. })));
+        assert!(matches!(
+            spec.validate(&limits()),
+            Err(JobSpecError::Bound {
+                field: "hidden width",
+                ..
+            })
+        ));
 
         let mut spec = digits();
         spec.loss = Loss::Mse;
-        assert!(matches!(spec.validate(&limits()), Err(JobSpecError::Mismatch { .. })));
+        assert!(matches!(
+            spec.validate(&limits()),
+            Err(JobSpecError::Mismatch { .. })
+        ));
 
         let mut spec = digits();
         spec.epochs = 500;
         spec.model.hidden = vec![512, 512, 512];
-        assert!(matches!(spec.validate(&limits()), Err(JobSpecError::TooCostly { .. })));
+        assert!(matches!(
+            spec.validate(&limits()),
+            Err(JobSpecError::TooCostly { .. })
+        ));
 
         let mut spec = digits();
         spec.split.test_permille = 0;
-        assert!(matches!(spec.validate(&limits()), Err(JobSpecError::BadSplit { .. })));
+        assert!(matches!(
+            spec.validate(&limits()),
+            Err(JobSpecError::BadSplit { .. })
+        ));
     }
 
     #[test]
@@ -685,19 +718,37 @@ mod tests {
         let b = Address([3; 32]);
         assert_eq!(worker_seed(&job, &a, 0), worker_seed(&job, &a, 0));
         assert_ne!(worker_seed(&job, &a, 0), worker_seed(&job, &b, 0));
-        assert_ne!(worker_seed(&job, &a, 0), worker_seed(&JobId([9; 32]), &a, 0));
+        assert_ne!(
+            worker_seed(&job, &a, 0),
+            worker_seed(&JobId([9; 32]), &a, 0)
+        );
         assert_ne!(worker_seed(&job, &a, 0), worker_seed(&job, &a, 1));
     }
 
     #[test]
     fn acceptance_in_integers() {
         let spec = digits();
-        let pass = TestMetric::Accuracy { correct: 324, total: 359 }; // 0.9025
-        let fail = TestMetric::Accuracy { correct: 323, total: 359 }; // 0.8997
+        let pass = TestMetric::Accuracy {
+            correct: 324,
+            total: 359,
+        }; // 0.9025
+        let fail = TestMetric::Accuracy {
+            correct: 323,
+            total: 359,
+        }; // 0.8997
         assert_eq!(check_acceptance(&spec, &pass), Ok(()));
-        assert!(matches!(check_acceptance(&spec, &fail), Err(AcceptanceError::BelowThreshold { .. })));
-        let forged = TestMetric::Accuracy { correct: 400, total: 400 };
-        assert!(matches!(check_acceptance(&spec, &forged), Err(AcceptanceError::BadCounts { .. })));
+        assert!(matches!(
+            check_acceptance(&spec, &fail),
+            Err(AcceptanceError::BelowThreshold { .. })
+        ));
+        let forged = TestMetric::Accuracy {
+            correct: 400,
+            total: 400,
+        };
+        assert!(matches!(
+            check_acceptance(&spec, &forged),
+            Err(AcceptanceError::BadCounts { .. })
+        ));
         assert_eq!(
             check_acceptance(&spec, &TestMetric::Mse(F32Bits::from_f32(1.0))),
             Err(AcceptanceError::WrongKind)

@@ -172,7 +172,9 @@ impl ChainParams {
         }
         let halvings = height.0.checked_div(self.halving_interval).unwrap_or(0);
         match u32::try_from(halvings) {
-            Ok(shift) if shift < 64 => Amount(self.initial_subsidy.0.checked_shr(shift).unwrap_or(0)),
+            Ok(shift) if shift < 64 => {
+                Amount(self.initial_subsidy.0.checked_shr(shift).unwrap_or(0))
+            }
             _ => Amount::ZERO,
         }
     }
@@ -256,7 +258,10 @@ mod tests {
         let params = ChainParams::regtest();
         assert_eq!(params.subsidy(Height(0)), Amount::ZERO);
         assert_eq!(params.subsidy(Height(1)), params.initial_subsidy);
-        assert_eq!(params.subsidy(Height(210_000)).0, params.initial_subsidy.0 / 2);
+        assert_eq!(
+            params.subsidy(Height(210_000)).0,
+            params.initial_subsidy.0 / 2
+        );
         assert_eq!(params.subsidy(Height(210_000 * 64)), Amount::ZERO);
         assert_eq!(params.subsidy(Height(u64::MAX)), Amount::ZERO);
     }

@@ -28,9 +28,7 @@ pub enum CompactError {
 
 /// A target in Bitcoin's compact form: one exponent byte and a 23-bit
 /// mantissa with a sign bit.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct CompactTarget(pub u32);
 
 impl fmt::Display for CompactTarget {
@@ -66,7 +64,10 @@ impl CompactTarget {
         } else {
             // size <= 34 here and the mantissa's width was checked above, so
             // no set bit is shifted out.
-            shift_left(U256::from(mantissa), size.saturating_sub(3).saturating_mul(8))
+            shift_left(
+                U256::from(mantissa),
+                size.saturating_sub(3).saturating_mul(8),
+            )
         };
         if value.is_zero() {
             return Err(CompactError::Zero(self));
@@ -231,9 +232,18 @@ mod tests {
             CompactTarget(0xff12_3456).to_target(),
             Err(CompactError::Overflow(_))
         ));
-        assert!(matches!(CompactTarget(0x0100_3456).to_target(), Err(CompactError::Zero(_))));
-        assert_eq!(CompactTarget(0x0112_3456).to_target().unwrap().0, U256::from(0x12));
-        assert_eq!(Target(U256::from(0x80)).to_compact(), CompactTarget(0x0200_8000));
+        assert!(matches!(
+            CompactTarget(0x0100_3456).to_target(),
+            Err(CompactError::Zero(_))
+        ));
+        assert_eq!(
+            CompactTarget(0x0112_3456).to_target().unwrap().0,
+            U256::from(0x12)
+        );
+        assert_eq!(
+            Target(U256::from(0x80)).to_compact(),
+            CompactTarget(0x0200_8000)
+        );
         assert_eq!(Target(U256::MAX).work(), Work(U256::one()));
     }
 

@@ -181,13 +181,21 @@ impl State {
     pub fn root(&self) -> Result<StateRoot, CodecError> {
         let mut hasher = Sha256::new();
         hasher.update(b"gradchain/state/v1");
-        hasher.update(u64::try_from(self.accounts.len()).unwrap_or(u64::MAX).to_le_bytes());
+        hasher.update(
+            u64::try_from(self.accounts.len())
+                .unwrap_or(u64::MAX)
+                .to_le_bytes(),
+        );
         for (address, account) in &self.accounts {
             hasher.update(address.as_bytes());
             hasher.update(account.balance.0.to_le_bytes());
             hasher.update(account.nonce.to_le_bytes());
         }
-        hasher.update(u64::try_from(self.jobs.len()).unwrap_or(u64::MAX).to_le_bytes());
+        hasher.update(
+            u64::try_from(self.jobs.len())
+                .unwrap_or(u64::MAX)
+                .to_le_bytes(),
+        );
         for (id, job) in &self.jobs {
             hasher.update(id.as_bytes());
             hasher.update(codec::encode(job)?);

@@ -64,7 +64,12 @@ impl TxBody {
     /// The bytes the signature covers: tag, chain id, encoded body.
     pub fn signing_bytes(&self, chain_id: u32) -> Result<Vec<u8>, CodecError> {
         let body = codec::encode(self)?;
-        let mut out = Vec::with_capacity(SIGNING_TAG.len().saturating_add(4).saturating_add(body.len()));
+        let mut out = Vec::with_capacity(
+            SIGNING_TAG
+                .len()
+                .saturating_add(4)
+                .saturating_add(body.len()),
+        );
         out.extend_from_slice(SIGNING_TAG);
         out.extend_from_slice(&chain_id.to_le_bytes());
         out.extend_from_slice(&body);
@@ -198,13 +203,19 @@ mod tests {
         );
         let mut tampered = tx.clone();
         tampered.body.fee = Amount(2);
-        assert!(matches!(tampered.verify_signature(7), Err(SignatureError::BadSignature(_))));
+        assert!(matches!(
+            tampered.verify_signature(7),
+            Err(SignatureError::BadSignature(_))
+        ));
     }
 
     #[test]
     fn coinbase_and_signed_ids_are_domain_separated() {
         let tx = transfer().sign(&key(1), 7).unwrap();
-        assert_eq!(Transaction::Signed(tx.clone()).id().unwrap(), tx.id().unwrap());
+        assert_eq!(
+            Transaction::Signed(tx.clone()).id().unwrap(),
+            tx.id().unwrap()
+        );
         let cb = Coinbase {
             height: Height(1),
             miner: Address::ZERO,

@@ -196,9 +196,7 @@ impl fmt::Display for Height {
 
 /// An `f32` carried as its IEEE-754 bits, so that hashed data holds integers
 /// only and equality is bitwise.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct F32Bits(pub u32);
 
 impl F32Bits {

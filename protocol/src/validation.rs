@@ -83,7 +83,9 @@ pub enum HeaderError {
         median_time_past: u32,
     },
     /// The time is too far ahead of the local clock.
-    #[error("block time {time} is more than the allowed drift ahead of now: expected at most {max}")]
+    #[error(
+        "block time {time} is more than the allowed drift ahead of now: expected at most {max}"
+    )]
     TimeTooNew {
         /// The header's time.
         time: u32,
@@ -459,7 +461,12 @@ fn debit(
     Ok(account)
 }
 
-fn credit(state: &mut State, journal: &mut Journal, address: Address, amount: Amount) -> Result<(), TxError> {
+fn credit(
+    state: &mut State,
+    journal: &mut Journal,
+    address: Address,
+    amount: Amount,
+) -> Result<(), TxError> {
     let mut account = state.account(&address);
     account.balance = account
         .balance
@@ -492,10 +499,15 @@ pub fn apply_transaction(
             got: tx.body.nonce,
         });
     }
-    let next_nonce = sender.nonce.checked_add(1).ok_or(TxError::Overflow("nonce"))?;
+    let next_nonce = sender
+        .nonce
+        .checked_add(1)
+        .ok_or(TxError::Overflow("nonce"))?;
     match &tx.body.kind {
         TxKind::Transfer { to, amount } => {
-            let needed = amount.checked_add(fee).ok_or(TxError::Overflow("amount plus fee"))?;
+            let needed = amount
+                .checked_add(fee)
+                .ok_or(TxError::Overflow("amount plus fee"))?;
             let mut account = debit(state, &from, needed)?;
             account.nonce = next_nonce;
             state.set_account(journal, from, account);
@@ -507,7 +519,9 @@ pub fn apply_transaction(
             expires_at,
         } => {
             let min = height.next().ok_or(TxError::Overflow("height"))?;
-            let max = height.checked_add(params.max_job_lifetime).ok_or(TxError::Overflow("height"))?;
+            let max = height
+                .checked_add(params.max_job_lifetime)
+                .ok_or(TxError::Overflow("height"))?;
             if *expires_at < min || *expires_at > max {
                 return Err(JobError::BadExpiry {
                     expires_at: *expires_at,
@@ -516,12 +530,15 @@ pub fn apply_transaction(
                 }
                 .into());
             }
-            let needed = bounty.checked_add(fee).ok_or(TxError::Overflow("bounty plus fee"))?;
-            let mut account = debit(state, &from, needed).map_err(|_| JobError::BountyUnaffordable {
-                bounty: *bounty,
-                fee,
-                balance: sender.balance,
-            })?;
+            let needed = bounty
+                .checked_add(fee)
+                .ok_or(TxError::Overflow("bounty plus fee"))?;
+            let mut account =
+                debit(state, &from, needed).map_err(|_| JobError::BountyUnaffordable {
+                    bounty: *bounty,
+                    fee,
+                    balance: sender.balance,
+                })?;
             account.nonce = next_nonce;
             state.set_account(journal, from, account);
             let record = JobRecord {
@@ -713,7 +730,10 @@ fn apply_body_into(
         };
         check_tx_stateless(signed, params).map_err(fail)?;
         if let TxKind::SubmitResult { job, .. } = &signed.body.kind {
-            if let Some(cost) = state.job(job).and_then(|record| record.spec.training_cost()) {
+            if let Some(cost) = state
+                .job(job)
+                .and_then(|record| record.spec.training_cost())
+            {
                 training_cost = training_cost.saturating_add(cost);
                 if training_cost > params.max_block_training_cost {
                     return Err(BlockError::TrainingCostTooHigh {
