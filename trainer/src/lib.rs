@@ -1,1 +1,30 @@
-//! placeholder
+//! gradchain's trainer: datasets, the reproducible training engine, replay
+//! verification and prediction.
+//!
+//! A worker trains a job and puts the digest of the weights on chain; every
+//! node replays the training and must get the same bits. So everything here
+//! is deterministic in the job spec, the dataset blob and the seed, on any
+//! x86-64 CPU, thread count, build profile and `-C target-cpu`: candle
+//! tensors and autograd carry the computation, and every operator whose
+//! stock implementation depends on the machine is replaced by a custom op
+//! with a fixed order of IEEE operations ([`ops`], [`kernels`]). This crate
+//! must never talk to a node directly (that goes through the peer RPC) and
+//! never let time, threads or the environment reach a result.
+
+pub mod bench;
+pub mod dataset;
+pub mod kernels;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod prep;
+pub mod rng;
+pub mod settings;
+pub mod train;
+pub mod verify;
+
+pub use dataset::{parse_csv, Dataset, DatasetError, DatasetLimits, Targets, TaskKind};
+pub use model::{predict, ModelError, Prediction, TrainedModel};
+pub use settings::{OptimizerKind, TrainSettings};
+pub use train::{train, Progress, TrainError, TrainOutcome};
+pub use verify::{verify, DatasetSource, ReplayVerifier};

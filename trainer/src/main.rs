@@ -1,1 +1,358 @@
-fn main() {}
+//! `gradchain-trainer`: trains a job locally (`train`) and times the
+//! reproducible engine against stock candle (`bench`).
+//!
+//! This binary parses arguments, shows progress and prints results; the
+//! work is in the library. It must never panic on bad input: a bad flag or
+//! file is one error line on stderr and a non-zero exit.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use protocol::{Loss, TestMetric};
+use trainer::bench::{self, BenchJob};
+use trainer::{Dataset, DatasetError, DatasetLimits, OptimizerKind, TaskKind, TrainSettings};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gradchain-trainer",
+    version,
+    about = "Reproducible training for gradchain jobs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model on a CSV file and print its weights digest.
+    Train(TrainArgs),
+    /// Time the reproducible engine against stock candle on the same jobs.
+    Bench(BenchArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum TaskArg {
+    Classification,
+    Regression,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LossArg {
+    Ce,
+    Mse,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum OptimizerArg {
+    Sgd,
+    Adam,
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// CSV file: header row, numeric columns, target last.
+    #[arg(long, value_name = "FILE.csv")]
+    data: PathBuf,
+    /// What the target column holds.
+    #[arg(long)]
+    task: TaskArg,
+    /// Hidden layer widths, comma-separated ("" for none) [default: 64,64].
+    #[arg(long, value_parser = parse_hidden)]
+    hidden: Option<Hidden>,
+    /// Loss [default: ce for classification, mse for regression].
+    #[arg(long)]
+    loss: Option<LossArg>,
+    /// Optimizer [default: adam].
+    #[arg(long)]
+    optimizer: Option<OptimizerArg>,
+    /// Learning rate [default: 0.003 for Adam, 0.05 for SGD].
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f32>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f32>,
+    /// L1 penalty on weights [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    l1: Option<f32>,
+    /// L2 penalty on weights [default: 0.01].
+    #[arg(long, allow_negative_numbers = true)]
+    l2: Option<f32>,
+    /// Rows per mini-batch [default: 32].
+    #[arg(long)]
+    batch: Option<u32>,
+    /// Passes over the training rows [default: 40].
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Seed of the split and of training [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Optimizer steps between checkpoints, 0 for none [default: 100].
+    #[arg(long)]
+    checkpoint_interval: Option<u32>,
+    /// Write the weights here as safetensors.
+    #[arg(long, value_name = "WEIGHTS.safetensors")]
+    out: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Steps timed for the 784-256-256-10 job.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Steps timed for the digits job.
+    #[arg(long, default_value_t = 400)]
+    digits_steps: usize,
+    /// The digits CSV.
+    #[arg(long, default_value = "datasets/digits.csv")]
+    digits: PathBuf,
+    /// Threads for stock candle (the reproducible engine uses one).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Time only the reproducible engine (for profiling).
+    #[arg(long)]
+    reproducible_only: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Hidden(Vec<u32>);
+
+fn parse_hidden(text: &str) -> Result<Hidden, String> {
+    if text.trim().is_empty() {
+        return Ok(Hidden(Vec::new()));
+    }
+    text.split(',')
+        .map(|w| {
+            w.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{w:?} is not a layer width, expected a list like 64,64"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Hidden)
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            // One line: clap's message up to its usage block, joined (a
+            // missing argument is named on the line after the message).
+            let text = e.to_string();
+            let line: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", line.join(" "));
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let outcome = match cli.command {
+        Command::Train(args) => run_train(args),
+        Command::Bench(args) => run_bench(args),
+    };
+    if let Err(e) = outcome {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Reads a CSV dataset; errors name the file once.
+fn read_csv(path: &std::path::Path, kind: TaskKind) -> anyhow::Result<Dataset> {
+    Dataset::from_csv_file(path, kind, &DatasetLimits::default()).map_err(|e| match e {
+        DatasetError::Io { .. } => anyhow::Error::new(e),
+        other => anyhow::anyhow!("{}: {other}", path.display()),
+    })
+}
+
+fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    let kind = match args.task {
+        TaskArg::Classification => TaskKind::Classification,
+        TaskArg::Regression => TaskKind::Regression,
+    };
+    let dataset = read_csv(&args.data, kind)?;
+    // The defaults live in one place, the library's `TrainSettings`.
+    let d = TrainSettings::default();
+    let settings = TrainSettings {
+        hidden: args.hidden.map_or(d.hidden, |h| h.0),
+        loss: args.loss.map(|l| match l {
+            LossArg::Ce => Loss::CrossEntropy,
+            LossArg::Mse => Loss::Mse,
+        }),
+        optimizer: args.optimizer.map_or(d.optimizer, |o| match o {
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+            OptimizerArg::Adam => OptimizerKind::Adam,
+        }),
+        lr: args.lr.or(d.lr),
+        momentum: args.momentum.unwrap_or(d.momentum),
+        l1: args.l1.unwrap_or(d.l1),
+        l2: args.l2.unwrap_or(d.l2),
+        batch: args.batch.unwrap_or(d.batch),
+        epochs: args.epochs.unwrap_or(d.epochs),
+        seed: args.seed.unwrap_or(d.seed),
+        checkpoint_interval: args.checkpoint_interval.unwrap_or(d.checkpoint_interval),
+    };
+    let spec = settings.job_spec(&dataset)?;
+    tracing::info!(
+        dataset = %spec.dataset.digest,
+        rows = dataset.rows(),
+        features = dataset.features(),
+        task = ?spec.task,
+        kernel = trainer::kernels::kernel_name(),
+        "training"
+    );
+
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} steps, epoch {msg} [{elapsed}<{eta}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let started = Instant::now();
+    let mut on_progress = |p: &trainer::Progress| {
+        if let Some(bar) = &bar {
+            bar.set_length(p.total_steps);
+            bar.set_position(p.step);
+            bar.set_message(format!("{}/{} loss {:.4}", p.epoch, p.epochs, p.batch_loss));
+        } else if let Some(loss) = p.epoch_loss {
+            tracing::info!(epoch = p.epoch, epochs = p.epochs, loss, "epoch done");
+        }
+    };
+    let outcome = trainer::train(&spec, &dataset, settings.seed, &mut on_progress)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    if let Some(path) = &args.out {
+        outcome
+            .model
+            .save(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    let result = &outcome.result;
+    let mut json = serde_json::json!({
+        "digest": result.weights.to_hex(),
+        "checkpoints": result.checkpoints.to_hex(),
+        "dataset": spec.dataset.digest.to_hex(),
+        "train_loss": result.train_loss.to_f32(),
+        "params": outcome.params,
+        "steps": outcome.steps,
+        "seconds": seconds,
+    });
+    let mut lines = vec![
+        format!("digest {}", result.weights),
+        format!("train loss {}", result.train_loss.to_f32()),
+    ];
+    for (prefix, metric) in [
+        ("test", &result.metric),
+        ("validation", &outcome.validation),
+    ] {
+        match metric {
+            TestMetric::Accuracy { correct, total } => {
+                let accuracy = trainer::train::accuracy(metric).unwrap_or(0.0);
+                json[format!("{prefix}_accuracy")] = serde_json::json!(accuracy);
+                json[format!("{prefix}_correct")] = serde_json::json!(correct);
+                json[format!("{prefix}_total")] = serde_json::json!(total);
+                lines.push(format!(
+                    "{prefix} accuracy {accuracy:.4} ({correct}/{total})"
+                ));
+            }
+            TestMetric::Mse(mse) => {
+                json[format!("{prefix}_mse")] = serde_json::json!(mse.to_f32());
+                lines.push(format!("{prefix} mse {}", mse.to_f32()));
+            }
+        }
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        lines.push(format!(
+            "{} parameters, {} steps, {seconds:.2}s",
+            outcome.params, outcome.steps
+        ));
+        if let Some(path) = &args.out {
+            lines.push(format!("weights written to {}", path.display()));
+        }
+        println!("{}", lines.join("\n"));
+    }
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.threads == 0 || args.steps == 0 || args.digits_steps == 0 {
+        bail!("--threads, --steps and --digits-steps must be at least 1");
+    }
+    // Stock candle's gemm reads this on every call; the reproducible engine
+    // is single-threaded whatever it says.
+    std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    let (x, labels) = bench::synthetic_mnist(1024, 7);
+    let mnist = BenchJob {
+        name: format!(
+            "mlp 784-256-256-10 batch 128 adam, {} thread(s)",
+            args.threads
+        ),
+        widths: vec![784, 256, 256, 10],
+        x,
+        labels,
+        batch: 128,
+        steps: args.steps,
+    };
+    let digits = read_csv(&args.digits, TaskKind::Classification)?;
+    let prepared = trainer::prep::prepare(&digits, &trainer::settings::DEFAULT_SPLIT, 0)?;
+    let digits_job = BenchJob {
+        name: format!(
+            "digits 64-128-128-10 batch 64 adam, {} thread(s)",
+            args.threads
+        ),
+        widths: vec![64, 128, 128, 10],
+        x: prepared.train.x,
+        labels: prepared.train.labels,
+        batch: 64,
+        steps: args.digits_steps,
+    };
+    println!(
+        "{:<48} {:>14} {:>14} {:>7}",
+        "job", "reproducible", "stock candle", "ratio"
+    );
+    for job in [&mnist, &digits_job] {
+        if args.reproducible_only {
+            println!(
+                "{:<48} {:>9.1} st/s",
+                job.name,
+                bench::time_reproducible(job)?
+            );
+            continue;
+        }
+        let r = bench::run(job)?;
+        println!(
+            "{:<48} {:>9.1} st/s {:>9.1} st/s {:>6.2}x",
+            r.name,
+            r.reproducible,
+            r.stock,
+            r.ratio()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,474 @@
+//! Reproducible CPU kernels on plain slices: matrix product, column sums,
+//! and the reductions the custom candle ops are built from.
+//!
+//! The one rule: every output element is computed by the same sequence of
+//! IEEE-754 single-precision operations on every CPU, build profile, target
+//! feature set and thread count. The matrix product therefore accumulates
+//! each element as `((0 + a0*b0) + a1*b1) + ...` in `k` order, with a
+//! separate multiply and add. Vector instructions are used only *across*
+//! independent output elements, so SSE and AVX give the same bits. This
+//! module must never call `mul_add`, a platform math function, or a library
+//! kernel (gemm, BLAS) whose accumulation order depends on the CPU, and must
+//! never split one element's sum across threads.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+/// A read-only view of a `rows × cols` matrix with arbitrary strides over a
+/// slice, as candle layouts describe them (a transposed view swaps strides).
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+/// A shape or bounds problem in a kernel call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    /// The view reaches past its buffer.
+    #[error("matrix view of {rows}x{cols} at offset {offset} with strides ({row_stride}, {col_stride}) needs {needed} elements, the buffer has {len}")]
+    OutOfBounds {
+        /// Rows of the view.
+        rows: usize,
+        /// Columns of the view.
+        cols: usize,
+        /// First element.
+        offset: usize,
+        /// Row stride.
+        row_stride: usize,
+        /// Column stride.
+        col_stride: usize,
+        /// Elements needed.
+        needed: usize,
+        /// Elements present.
+        len: usize,
+    },
+    /// Inner or output dimensions disagree.
+    #[error("shape mismatch in {what}: got {got}, expected {expected}")]
+    Shape {
+        /// Which dimension.
+        what: &'static str,
+        /// What was given.
+        got: usize,
+        /// What it must be.
+        expected: usize,
+    },
+}
+
+impl<'a> MatRef<'a> {
+    /// A view, checked to lie inside `data`.
+    pub fn new(
+        data: &'a [f32],
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Result<Self, KernelError> {
+        let last = if rows == 0 || cols == 0 {
+            Some(offset)
+        } else {
+            (rows - 1)
+                .checked_mul(row_stride)
+                .and_then(|r| {
+                    (cols - 1)
+                        .checked_mul(col_stride)
+                        .and_then(|c| r.checked_add(c))
+                })
+                .and_then(|rc| rc.checked_add(offset))
+                .and_then(|end| end.checked_add(1))
+        };
+        match last {
+            Some(needed) if needed <= data.len() || rows == 0 || cols == 0 => Ok(Self {
+                data,
+                offset,
+                rows,
+                cols,
+                row_stride,
+                col_stride,
+            }),
+            _ => Err(KernelError::OutOfBounds {
+                rows,
+                cols,
+                offset,
+                row_stride,
+                col_stride,
+                needed: last.unwrap_or(usize::MAX),
+                len: data.len(),
+            }),
+        }
+    }
+
+    /// A contiguous row-major view of `data`.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Result<Self, KernelError> {
+        Self::new(data, 0, rows, cols, cols, 1)
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The transposed view (no copy).
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Element `(i, j)`; 0 outside the view (callers stay inside).
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data
+            .get(self.offset + i * self.row_stride + j * self.col_stride)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// The elements in row-major order, borrowed when already laid out so.
+    pub fn to_row_major(&self) -> Cow<'a, [f32]> {
+        let len = self.rows * self.cols;
+        if self.col_stride == 1 && (self.row_stride == self.cols || self.rows <= 1) {
+            if let Some(slice) = self.data.get(self.offset..self.offset + len) {
+                return Cow::Borrowed(slice);
+            }
+        }
+        let mut out = Vec::with_capacity(len);
+        for i in 0..self.rows {
+            for j in 0..self.cols {
+                out.push(self.at(i, j));
+            }
+        }
+        Cow::Owned(out)
+    }
+}
+
+/// `a · b` as a new row-major `a.rows × b.cols` buffer.
+pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Result<Vec<f32>, KernelError> {
+    if a.cols != b.rows {
+        return Err(KernelError::Shape {
+            what: "inner dimension of a matrix product",
+            got: b.rows,
+            expected: a.cols,
+        });
+    }
+    let mut out = vec![0.0f32; a.rows * b.cols];
+    if !out.is_empty() {
+        dispatch(a, b, &mut out);
+    }
+    Ok(out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn dispatch(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU was just checked to support AVX, the only feature
+        // `matmul_avx` is compiled for.
+        unsafe { matmul_avx(a, b, out) }
+    } else {
+        matmul_tiles::<4, 8>(a, b, out);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn dispatch(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+    matmul_tiles::<4, 8>(a, b, out);
+}
+
+/// Which tile loop this CPU runs, for logs (the result is the same for all).
+pub fn kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        return "avx 8x8";
+    }
+    "baseline 4x8"
+}
+
+/// The same tile loop compiled with 256-bit vectors. Only the tile size and
+/// vector width differ from the baseline path; each element still sees the
+/// same multiplies and adds in the same order. "fma" is deliberately not
+/// enabled (LLVM would not contract anyway, but there is no reason to allow
+/// the instruction in this function).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn matmul_avx(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+    matmul_tiles::<8, 8>(a, b, out);
+}
+
+thread_local! {
+    /// Packing buffers, reused across calls: a training step runs a dozen
+    /// products, and fresh multi-megabyte buffers would cost page faults.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Copies `a` into panels of `MR` rows laid out `[panel][p][r]`, so that the
+/// `MR` values one step of the tile loop needs are adjacent. Rows past the
+/// end are zero.
+fn pack_rows<const MR: usize>(a: &MatRef<'_>, packed: &mut Vec<f32>) {
+    let (m, k) = (a.rows, a.cols);
+    packed.clear();
+    packed.resize(m.div_ceil(MR) * k * MR, 0.0);
+    for (panel, dst) in packed.chunks_exact_mut(k * MR).enumerate() {
+        let i0 = panel * MR;
+        let rows = MR.min(m - i0);
+        if a.row_stride == 1 && rows == MR {
+            // A transposed view: the MR values of step p are contiguous.
+            let (steps, _) = dst.as_chunks_mut::<MR>();
+            for (p, step) in steps.iter_mut().enumerate() {
+                let at = a.offset + i0 + p * a.col_stride;
+                if let Some(src) = a
+                    .data
+                    .get(at..at + MR)
+                    .and_then(|s| s.as_chunks::<MR>().0.first())
+                {
+                    *step = *src;
+                }
+            }
+        } else if a.row_stride == 1 {
+            for (p, step) in dst.chunks_exact_mut(MR).enumerate() {
+                let at = a.offset + i0 + p * a.col_stride;
+                if let (Some(src), Some(step)) = (a.data.get(at..at + rows), step.get_mut(..rows)) {
+                    step.copy_from_slice(src);
+                }
+            }
+        } else {
+            for r in 0..rows {
+                let row_start = a.offset + (i0 + r) * a.row_stride;
+                for (p, step) in dst.chunks_exact_mut(MR).enumerate() {
+                    if let (Some(v), Some(slot)) =
+                        (a.data.get(row_start + p * a.col_stride), step.get_mut(r))
+                    {
+                        *slot = *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies columns `j0..j0 + width` of `b` into `[p][c]` rows of `NR`
+/// (columns past `width` keep whatever they held: their results are
+/// discarded).
+fn pack_columns<const NR: usize>(b: &MatRef<'_>, j0: usize, width: usize, packed: &mut [f32]) {
+    if b.col_stride == 1 && width == NR {
+        // The common case, as fixed-size copies (a memcpy call per row of
+        // eight floats would cost more than the copy).
+        let (rows, _) = packed.as_chunks_mut::<NR>();
+        for (p, dst) in rows.iter_mut().enumerate() {
+            let at = b.offset + p * b.row_stride + j0;
+            if let Some(src) = b
+                .data
+                .get(at..at + NR)
+                .and_then(|s| s.as_chunks::<NR>().0.first())
+            {
+                *dst = *src;
+            }
+        }
+    } else if b.col_stride == 1 {
+        for (p, dst) in packed.chunks_exact_mut(NR).enumerate() {
+            let at = b.offset + p * b.row_stride + j0;
+            if let (Some(src), Some(dst)) = (b.data.get(at..at + width), dst.get_mut(..width)) {
+                dst.copy_from_slice(src);
+            }
+        }
+    } else {
+        // A transposed view: walk each column, which is contiguous when
+        // `row_stride` is 1.
+        for c in 0..width {
+            let column = b.offset + (j0 + c) * b.col_stride;
+            for (p, dst) in packed.chunks_exact_mut(NR).enumerate() {
+                if let (Some(v), Some(slot)) =
+                    (b.data.get(column + p * b.row_stride), dst.get_mut(c))
+                {
+                    *slot = *v;
+                }
+            }
+        }
+    }
+}
+
+/// Register-blocked product: `MR × NR` accumulators stay in registers while
+/// `p` runs over the whole inner dimension, so each element's sum is one
+/// unbroken left-to-right chain. Edges are handled by padding the packed
+/// panels and discarding the padded results: padding never enters a kept
+/// element's chain.
+#[inline(always)]
+fn matmul_tiles<const MR: usize, const NR: usize>(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    SCRATCH.with_borrow_mut(|(a_packed, b_packed)| {
+        pack_rows::<MR>(&a, a_packed);
+        b_packed.clear();
+        b_packed.resize(k * NR, 0.0);
+        for j0 in (0..n).step_by(NR) {
+            let width = NR.min(n - j0);
+            pack_columns::<NR>(&b, j0, width, b_packed);
+            let (b_steps, _) = b_packed.as_chunks::<NR>();
+            for (panel, a_panel) in a_packed.chunks_exact(k * MR).enumerate() {
+                let (a_steps, _) = a_panel.as_chunks::<MR>();
+                let mut acc = [[0.0f32; NR]; MR];
+                for (a_step, b_step) in a_steps.iter().zip(b_steps) {
+                    for r in 0..MR {
+                        let av = a_step[r];
+                        for c in 0..NR {
+                            acc[r][c] += av * b_step[c];
+                        }
+                    }
+                }
+                let i0 = panel * MR;
+                for (r, acc_row) in acc.iter().enumerate().take(m.saturating_sub(i0)) {
+                    let start = (i0 + r) * n + j0;
+                    if let (Some(dst), Some(src)) =
+                        (out.get_mut(start..start + width), acc_row.get(..width))
+                    {
+                        dst.copy_from_slice(src);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Sum of each column of a row-major `rows × cols` matrix, rows added in
+/// order (vectorised across columns only).
+pub fn column_sums(data: &[f32], cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; cols];
+    if cols == 0 {
+        return out;
+    }
+    for row in data.chunks_exact(cols) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += *v;
+        }
+    }
+    out
+}
+
+/// Adds `bias` to every row of a row-major matrix.
+pub fn add_rows(data: &mut [f32], bias: &[f32]) {
+    if bias.is_empty() {
+        return;
+    }
+    for row in data.chunks_exact_mut(bias.len()) {
+        for (o, b) in row.iter_mut().zip(bias) {
+            *o += *b;
+        }
+    }
+}
+
+/// Left-to-right sum.
+pub fn sum(values: impl IntoIterator<Item = f32>) -> f32 {
+    values.into_iter().fold(0.0f32, |acc, v| acc + v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix64::new(seed);
+        (0..n).map(|_| rng.unit_f32() * 2.0 - 1.0).collect()
+    }
+
+    /// The definition, one element at a time, in the documented order.
+    fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    acc += a[i * k + p] * b[p * n + j];
+                }
+                out[i * n + j] = acc;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matmul_is_bitwise_the_sequential_sum_for_every_tile_path() {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (7, 13, 17),
+            (13, 64, 33),
+            (6, 3, 16),
+            (130, 20, 10),
+        ] {
+            let a = random(m * k, 1);
+            let b = random(k * n, 2);
+            let want = reference(&a, &b, m, k, n);
+            let am = MatRef::row_major(&a, m, k).unwrap();
+            let bm = MatRef::row_major(&b, k, n).unwrap();
+            let got = matmul(am, bm).unwrap();
+            assert_eq!(bits(&got), bits(&want), "{m}x{k}x{n}");
+            let mut narrow = vec![0.0; m * n];
+            matmul_tiles::<4, 8>(am, bm, &mut narrow);
+            assert_eq!(bits(&narrow), bits(&want), "sse tiles {m}x{k}x{n}");
+            for (mr, nr, got) in [
+                (6, 16, {
+                    let mut c = vec![0.0; m * n];
+                    matmul_tiles::<6, 16>(am, bm, &mut c);
+                    c
+                }),
+                (8, 8, {
+                    let mut c = vec![0.0; m * n];
+                    matmul_tiles::<8, 8>(am, bm, &mut c);
+                    c
+                }),
+            ] {
+                assert_eq!(bits(&got), bits(&want), "{mr}x{nr} tiles {m}x{k}x{n}");
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_views_match_explicit_transposes() {
+        let (m, k, n) = (5, 7, 9);
+        let at = random(k * m, 3); // stored k x m
+        let bt = random(n * k, 4); // stored n x k
+        let a: Vec<f32> = (0..m * k).map(|x| at[(x % k) * m + x / k]).collect();
+        let b: Vec<f32> = (0..k * n).map(|x| bt[(x % n) * k + x / n]).collect();
+        let got = matmul(
+            MatRef::row_major(&at, k, m).unwrap().t(),
+            MatRef::row_major(&bt, n, k).unwrap().t(),
+        )
+        .unwrap();
+        assert_eq!(bits(&got), bits(&reference(&a, &b, m, k, n)));
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let a = [0.0f32; 6];
+        assert!(MatRef::row_major(&a, 2, 4).is_err());
+        let am = MatRef::row_major(&a, 2, 3).unwrap();
+        assert!(matches!(matmul(am, am), Err(KernelError::Shape { .. })));
+    }
+
+    #[test]
+    fn column_sums_add_rows_in_order() {
+        let data = [1.0, 2.0, 1e8, 3.0, -1e8, 4.0];
+        // (1 + 1e8) - 1e8 = 0 in f32: the order is visible in the result.
+        assert_eq!(column_sums(&data, 2), vec![0.0, 9.0]);
+        let mut m = [1.0, 2.0, 3.0, 4.0];
+        add_rows(&mut m, &[10.0, 20.0]);
+        assert_eq!(m, [11.0, 22.0, 13.0, 24.0]);
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+}
