@@ -1,1 +1,25 @@
-//! placeholder
+//! The gradchain node: the daemon users run several of, and the library its
+//! binary and the integration tests are built on.
+//!
+//! One chain task ([`service`]) owns the chain, mempool and store
+//! ([`chain`], [`mempool`], [`store`]); one event loop ([`net::network`])
+//! owns the libp2p swarm; the miner ([`miner`]) hashes on OS threads. They
+//! talk through command enums with oneshot replies and watch channels, never
+//! through shared locks on chain state. Consensus rules come from the
+//! `protocol` crate and are never reimplemented here; this crate must never
+//! accept a block or transaction that `protocol` would refuse.
+
+pub mod bench;
+pub mod chain;
+pub mod cli;
+pub mod keys;
+pub mod mempool;
+pub mod miner;
+pub mod net;
+pub mod node;
+pub mod rpc_client;
+pub mod service;
+pub mod store;
+pub mod testkit;
+
+pub use node::{run, start, NodeConfig, NodeError, RunningNode};

@@ -21,6 +21,7 @@ pub mod header;
 pub mod job;
 pub mod params;
 pub mod pow;
+pub mod rpc;
 pub mod state;
 pub mod tx;
 pub mod types;

@@ -1,0 +1,484 @@
+//! The benchmarks behind `gradchain-node bench`: `hash` (the miner's
+//! midstate hashing against a naive double SHA-256 of the whole header, on
+//! the same threads in the same run), `sync` (a fresh node syncing blocks
+//! full of transfers, next to the source node's own validate-and-store
+//! rate) and `gossip` (publish-to-last-node latency over four local nodes).
+//!
+//! A benchmark reports figures side by side with a baseline from the same
+//! run; it must never be used as a pass/fail timing assertion, and it only
+//! ever runs throwaway regtest nodes in temporary directories.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::{sha256d, BlockHash, Header, HEADER_SIZE, NONCE_OFFSET};
+
+/// Hashes per second of both methods.
+#[derive(Clone, Copy, Debug)]
+pub struct HashBench {
+    /// Threads used.
+    pub threads: usize,
+    /// The miner's midstate path, hashes per second.
+    pub midstate: f64,
+    /// `sha256d` of the full 116-byte header, hashes per second.
+    pub naive: f64,
+}
+
+impl HashBench {
+    /// Midstate over naive.
+    pub fn ratio(&self) -> f64 {
+        if self.naive > 0.0 {
+            self.midstate / self.naive
+        } else {
+            0.0
+        }
+    }
+}
+
+fn sample_header() -> Header {
+    Header {
+        version: 1,
+        prev: BlockHash([0x11; 32]),
+        merkle_root: protocol::MerkleRoot([0x22; 32]),
+        state_root: protocol::StateRoot([0x33; 32]),
+        time: 1_767_225_600,
+        bits: protocol::CompactTarget(0x1d00_ffff),
+        nonce: 0,
+    }
+}
+
+fn measure(threads: usize, duration: Duration, work: fn(u64, &AtomicBool) -> u64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|index| {
+            let stop = stop.clone();
+            let total = total.clone();
+            let seed = u64::try_from(index)
+                .unwrap_or(0)
+                .checked_shl(56)
+                .unwrap_or(0);
+            std::thread::spawn(move || {
+                total.fetch_add(work(seed, &stop), Ordering::Relaxed);
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    for handle in handles {
+        let _ = handle.join();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    total.load(Ordering::Relaxed) as f64 / elapsed.max(f64::EPSILON)
+}
+
+fn midstate_worker(seed: u64, stop: &AtomicBool) -> u64 {
+    let mut hasher = sample_header().hasher();
+    let mut count = 0u64;
+    let mut nonce = seed;
+    let mut sink = 0u8;
+    while !stop.load(Ordering::Relaxed) {
+        for _ in 0..4096 {
+            let hash = hasher.hash_with_nonce(nonce);
+            sink ^= hash[0];
+            nonce = nonce.wrapping_add(1);
+        }
+        count = count.wrapping_add(4096);
+    }
+    std::hint::black_box(sink);
+    count
+}
+
+fn naive_worker(seed: u64, stop: &AtomicBool) -> u64 {
+    let mut bytes: [u8; HEADER_SIZE] = sample_header().to_bytes();
+    let mut count = 0u64;
+    let mut nonce = seed;
+    let mut sink = 0u8;
+    while !stop.load(Ordering::Relaxed) {
+        for _ in 0..4096 {
+            for (dst, src) in bytes.iter_mut().skip(NONCE_OFFSET).zip(nonce.to_le_bytes()) {
+                *dst = src;
+            }
+            let hash = sha256d(&bytes);
+            sink ^= hash[0];
+            nonce = nonce.wrapping_add(1);
+        }
+        count = count.wrapping_add(4096);
+    }
+    std::hint::black_box(sink);
+    count
+}
+
+/// Runs both measurements for `duration` each on `threads` threads.
+pub fn bench_hash(threads: usize, duration: Duration) -> HashBench {
+    let threads = threads.max(1);
+    let naive = measure(threads, duration, naive_worker);
+    let midstate = measure(threads, duration, midstate_worker);
+    HashBench {
+        threads,
+        midstate,
+        naive,
+    }
+}
+
+/// Builds regtest blocks full of faucet transfers, outside any node, so
+/// benchmarks can feed identical blocks to several nodes.
+pub struct BlockFactory {
+    params: protocol::ChainParams,
+    state: protocol::State,
+    tip: protocol::Block,
+    height: protocol::Height,
+    nonce: u64,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl std::fmt::Debug for BlockFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockFactory")
+            .field("height", &self.height)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A block could not be built.
+    #[error("building a block: {0}")]
+    Block(#[from] protocol::BlockError),
+    /// Encoding failed.
+    #[error("encoding: {0}")]
+    Codec(#[from] protocol::CodecError),
+    /// A node failed.
+    #[error("node: {0}")]
+    Node(#[from] crate::node::NodeError),
+    /// The chain task refused something.
+    #[error("chain: {0}")]
+    Service(#[from] crate::service::ServiceError),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BlockFactory {
+    /// A factory on the regtest genesis.
+    pub fn regtest() -> Result<Self, BenchError> {
+        let params = protocol::ChainParams::regtest();
+        Ok(Self {
+            state: params.genesis_state(),
+            tip: params.genesis_block()?,
+            height: protocol::Height::GENESIS,
+            nonce: 0,
+            key: protocol::params::faucet_key(),
+            params,
+        })
+    }
+
+    /// Faucet transfers with the next nonces, not yet in any block.
+    pub fn transfers(&mut self, count: usize) -> Result<Vec<protocol::SignedTx>, BenchError> {
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let to = protocol::Address(rand::random());
+            let tx = protocol::TxBody {
+                from: self.params.faucet,
+                nonce: self.nonce,
+                fee: protocol::Amount(1),
+                kind: protocol::TxKind::Transfer {
+                    to,
+                    amount: protocol::Amount(1),
+                },
+            }
+            .sign(&self.key, self.params.chain_id)?;
+            self.nonce = self.nonce.saturating_add(1);
+            out.push(tx);
+        }
+        Ok(out)
+    }
+
+    /// The next block with `txs` fresh transfers, mined and applied.
+    pub fn next_block(&mut self, txs: usize) -> Result<protocol::Block, BenchError> {
+        let verifier = crate::chain::NoTrainingEngine;
+        let height = self
+            .height
+            .next()
+            .ok_or_else(|| BenchError::Other("height overflow".into()))?;
+        let transfers = self.transfers(txs)?;
+        let fees = protocol::Amount(u64::try_from(transfers.len()).unwrap_or(0));
+        let mut all = vec![protocol::Transaction::Coinbase(protocol::Coinbase {
+            height,
+            miner: protocol::Address([0xbe; 32]),
+            amount: self
+                .params
+                .subsidy(height)
+                .checked_add(fees)
+                .ok_or_else(|| BenchError::Other("fee overflow".into()))?,
+        })];
+        all.extend(transfers.into_iter().map(protocol::Transaction::Signed));
+        let state_root = protocol::validation::template_state_root(
+            &mut self.state,
+            &all,
+            height,
+            &self.params,
+            &verifier,
+        )?;
+        let ids = all
+            .iter()
+            .map(protocol::Transaction::id)
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u32::try_from(d.as_secs()).ok())
+            .unwrap_or(u32::MAX);
+        let mut header = Header {
+            version: self.params.block_version,
+            prev: self.tip.hash(),
+            merkle_root: protocol::merkle_root(&ids),
+            state_root,
+            time: now.max(self.tip.header.time.saturating_add(1)),
+            bits: self.params.pow_limit,
+            nonce: 0,
+        };
+        let target = header
+            .bits
+            .to_target()
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+        let mut hasher = header.hasher();
+        while !target.is_met_by(&BlockHash(hasher.hash_with_nonce(header.nonce))) {
+            header.nonce = header.nonce.wrapping_add(1);
+        }
+        let block = protocol::Block { header, txs: all };
+        protocol::validation::apply_block(
+            &mut self.state,
+            &block,
+            height,
+            &self.params,
+            &verifier,
+        )?;
+        self.tip = block.clone();
+        self.height = height;
+        Ok(block)
+    }
+}
+
+/// Figures of one sync benchmark run.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncBench {
+    /// Blocks synced.
+    pub blocks: usize,
+    /// Transfers per block.
+    pub txs_per_block: usize,
+    /// Seconds the source node took to validate and store every block.
+    pub validate_seconds: f64,
+    /// Seconds a fresh node took to sync them over libp2p.
+    pub sync_seconds: f64,
+}
+
+async fn wait_for_tip(
+    chain: &crate::service::ChainHandle,
+    tip: BlockHash,
+    timeout: Duration,
+) -> Result<(), BenchError> {
+    let mut rx = chain.watch_tip();
+    tokio::time::timeout(timeout, rx.wait_for(|snapshot| snapshot.tip == tip))
+        .await
+        .map_err(|_| BenchError::Other(format!("timed out waiting for tip {tip}")))?
+        .map_err(|_| BenchError::Other("the chain task stopped".into()))?;
+    Ok(())
+}
+
+/// Feeds `blocks` blocks of `txs_per_block` transfers to a source node
+/// (its own validation rate), then times a fresh node syncing them from it.
+pub async fn bench_sync(blocks: usize, txs_per_block: usize) -> Result<SyncBench, BenchError> {
+    let dir = tempfile_dir()?;
+    let generated =
+        tokio::task::spawn_blocking(move || -> Result<Vec<protocol::Block>, BenchError> {
+            let mut factory = BlockFactory::regtest()?;
+            (0..blocks)
+                .map(|_| factory.next_block(txs_per_block))
+                .collect()
+        })
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))??;
+    let last = generated
+        .last()
+        .map(protocol::Block::hash)
+        .ok_or_else(|| BenchError::Other("no blocks asked".into()))?;
+
+    let source = crate::testkit::start_regtest(&dir.join("source"), vec![], None).await?;
+    let start = Instant::now();
+    for block in generated {
+        source
+            .chain()
+            .submit_block(block, crate::service::BlockSource::Peer("bench".into()))
+            .await?;
+    }
+    wait_for_tip(source.chain(), last, Duration::from_secs(600)).await?;
+    let validate_seconds = start.elapsed().as_secs_f64();
+
+    let addr = source
+        .p2p_addr()
+        .ok_or_else(|| BenchError::Other("no listen address".into()))?;
+    let start = Instant::now();
+    let fresh = crate::testkit::start_regtest(&dir.join("fresh"), vec![addr], None).await?;
+    wait_for_tip(fresh.chain(), last, Duration::from_secs(1800)).await?;
+    let sync_seconds = start.elapsed().as_secs_f64();
+    fresh.stop().await;
+    source.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(SyncBench {
+        blocks,
+        txs_per_block,
+        validate_seconds,
+        sync_seconds,
+    })
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
+    let dir = std::env::temp_dir().join(format!(
+        "gradchain-bench-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| BenchError::Other(format!("{}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// Latency percentiles of one gossip benchmark run, in seconds.
+#[derive(Clone, Debug)]
+pub struct GossipBench {
+    /// Publish-to-last-node latencies of transactions.
+    pub tx: Vec<f64>,
+    /// Publish-to-last-node latencies of blocks.
+    pub block: Vec<f64>,
+    /// Encoded size of the benchmark blocks.
+    pub block_bytes: usize,
+}
+
+/// The `p` quantile (0..=1) of `samples`, by nearest rank.
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted
+        .get(rank.saturating_sub(1).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Four regtest nodes in a line (A-B-C-D); times transactions and blocks
+/// near the size cap from publication on A until D (the last) has them.
+pub async fn bench_gossip(
+    tx_samples: usize,
+    block_samples: usize,
+    txs_per_block: usize,
+) -> Result<GossipBench, BenchError> {
+    let dir = tempfile_dir()?;
+    let mut factory = tokio::task::spawn_blocking(BlockFactory::regtest)
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))??;
+    let (factory_back, blocks) = tokio::task::spawn_blocking(move || -> Result<_, BenchError> {
+        let blocks = (0..=block_samples)
+            .map(|_| factory.next_block(txs_per_block))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((factory, blocks))
+    })
+    .await
+    .map_err(|e| BenchError::Other(e.to_string()))??;
+    factory = factory_back;
+    let block_bytes = blocks
+        .first()
+        .map(|b| b.encode().map(|e| e.len()))
+        .transpose()?
+        .unwrap_or(0);
+
+    let mut nodes: Vec<crate::node::RunningNode> = Vec::new();
+    for index in 0..4 {
+        let bootstrap = nodes
+            .last()
+            .and_then(|n| n.p2p_addr())
+            .into_iter()
+            .collect();
+        nodes.push(
+            crate::testkit::start_regtest(&dir.join(format!("n{index}")), bootstrap, None).await?,
+        );
+    }
+    let (first, rest) = nodes
+        .split_first()
+        .ok_or_else(|| BenchError::Other("no nodes".into()))?;
+    crate::testkit::wait_until("the line of peers", Duration::from_secs(60), || {
+        let counts: Vec<usize> = rest.iter().map(|n| n.network().peer_count()).collect();
+        async move { counts.iter().all(|c| *c >= 1) }
+    })
+    .await
+    .map_err(BenchError::Other)?;
+    // Blocks first (they spend the faucet's first nonces); the first one
+    // also lets the gossip meshes form and is not counted.
+    let mut block_latencies = Vec::new();
+    for (round, block) in blocks.into_iter().enumerate() {
+        let hash = block.hash();
+        let bytes = protocol::codec::encode(&block)?;
+        first
+            .chain()
+            .submit_block(block, crate::service::BlockSource::Peer("bench".into()))
+            .await?;
+        let start = Instant::now();
+        first
+            .network()
+            .publish(crate::net::network::Topic::Blocks, bytes);
+        for node in rest {
+            wait_for_tip(node.chain(), hash, Duration::from_secs(120)).await?;
+        }
+        if round > 0 {
+            block_latencies.push(start.elapsed().as_secs_f64());
+        }
+    }
+    // Then transactions, the first one again a warm-up.
+    let warm = factory.transfers(1)?;
+    let mut expected_mempool = 0usize;
+    let mut tx_latencies = Vec::new();
+    for (round, tx) in warm
+        .into_iter()
+        .chain(factory.transfers(tx_samples)?)
+        .enumerate()
+    {
+        let bytes = protocol::codec::encode(&tx)?;
+        match first.chain().submit_tx(tx).await? {
+            Ok(_) => {}
+            Err(err) => return Err(BenchError::Other(err.to_string())),
+        }
+        expected_mempool = expected_mempool.saturating_add(1);
+        let start = Instant::now();
+        first
+            .network()
+            .publish(crate::net::network::Topic::Txs, bytes);
+        for node in rest {
+            let mut rx = node.chain().watch_tip();
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                rx.wait_for(|s| s.mempool >= expected_mempool),
+            )
+            .await
+            .map_err(|_| BenchError::Other("a transaction never arrived".into()))?
+            .map_err(|_| BenchError::Other("the chain task stopped".into()))?;
+        }
+        if round > 0 {
+            tx_latencies.push(start.elapsed().as_secs_f64());
+        }
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(GossipBench {
+        tx: tx_latencies,
+        block: block_latencies,
+        block_bytes,
+    })
+}

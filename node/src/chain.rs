@@ -1,0 +1,1016 @@
+//! The chain: the block tree, fork choice by cumulative work, reorgs through
+//! undo data, the orphan pool, and the mempool that rides on the tip state.
+//!
+//! [`Chain`] is plain synchronous code over a [`Store`], so every rule here
+//! is testable without a network or a runtime; the chain task in
+//! [`crate::service`] owns one and is the only thing that ever calls it.
+//! It must never be shared behind a lock or touched from two threads.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::pow::Work;
+use protocol::validation::{
+    apply_block, check_block_body, check_header, check_tx_stateless, expected_bits,
+    median_time_past, template_state_root, undo_block, HeaderContext, MEDIAN_TIME_SPAN,
+};
+use protocol::{
+    merkle_root, Address, Block, BlockError, BlockHash, ChainParams, Coinbase, Header, HeaderError,
+    Height, SignedTx, State, TrainingVerifier, Transaction, TxId, VerifyError,
+};
+
+use crate::mempool::{Mempool, MempoolError, MempoolLimits, TipContext};
+use crate::store::{StateDelta, Store, StoreError, StoredIndex};
+
+/// The verifier used while no training engine is linked: every result is
+/// refused, so no job can be fulfilled by this build.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoTrainingEngine;
+
+impl TrainingVerifier for NoTrainingEngine {
+    fn verify(
+        &self,
+        _job: &protocol::JobId,
+        _spec: &protocol::JobSpec,
+        _worker: &Address,
+        _claimed: &protocol::JobResult,
+    ) -> Result<(), VerifyError> {
+        Err(VerifyError::Replay(
+            "no training engine in this build".into(),
+        ))
+    }
+}
+
+/// The shared, swappable training verifier handed to the chain.
+pub type SharedVerifier = Arc<dyn TrainingVerifier + Send + Sync>;
+
+/// Most blocks waiting for a missing parent.
+pub const MAX_ORPHANS: usize = 128;
+/// Most headers returned for one locator.
+pub const MAX_HEADERS: usize = 2000;
+
+/// Why a block was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The header breaks a consensus rule.
+    #[error("invalid header of {hash}: {source}")]
+    InvalidHeader {
+        /// The block.
+        hash: BlockHash,
+        /// The rule broken.
+        source: HeaderError,
+    },
+    /// The body breaks a consensus rule.
+    #[error("invalid block {hash}: {source}")]
+    InvalidBlock {
+        /// The block.
+        hash: BlockHash,
+        /// The rule broken.
+        source: BlockError,
+    },
+    /// The block, or an ancestor, was already found invalid.
+    #[error("block {hash} is known to be invalid or descends from an invalid block")]
+    KnownInvalid {
+        /// The block.
+        hash: BlockHash,
+    },
+    /// The store failed; the chain stays on its last committed tip.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl ChainError {
+    /// Whether the sender of this block should be penalised.
+    pub fn is_peer_fault(&self) -> bool {
+        match self {
+            Self::InvalidHeader { source, .. } => !matches!(source, HeaderError::TimeTooNew { .. }),
+            Self::InvalidBlock { .. } | Self::KnownInvalid { .. } => true,
+            Self::Store(_) => false,
+        }
+    }
+}
+
+/// A switch of the main chain to another branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reorg {
+    /// Blocks disconnected from the old main chain.
+    pub depth: u64,
+    /// The old tip.
+    pub old_tip: BlockHash,
+    /// The old tip's height.
+    pub old_height: Height,
+}
+
+/// What happened to a block handed to the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockOutcome {
+    /// The main chain moved; `hash` at `height` is the new tip.
+    NewTip {
+        /// Height of the new tip.
+        height: Height,
+        /// The new tip.
+        hash: BlockHash,
+        /// Transactions in the block.
+        txs: usize,
+        /// Set when the switch disconnected blocks.
+        reorg: Option<Reorg>,
+    },
+    /// Stored on a branch with no more work than the main chain.
+    SideChain {
+        /// Its height.
+        height: Height,
+        /// The block.
+        hash: BlockHash,
+    },
+    /// Already stored.
+    AlreadyKnown,
+    /// Its parent is unknown; it waits in the orphan pool.
+    Orphan {
+        /// The missing parent.
+        parent: BlockHash,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct IndexEntry {
+    header: Header,
+    height: Height,
+    work: Work,
+    seq: u64,
+    block1_time: Option<u32>,
+}
+
+/// A block to mine on: the header with nonce 0 and the transactions.
+#[derive(Clone, Debug)]
+pub struct BlockTemplate {
+    /// The block with a zero nonce.
+    pub block: Block,
+    /// Height of the block.
+    pub height: Height,
+}
+
+/// A snapshot of the tip that others read through a watch channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TipSnapshot {
+    /// Height of the tip.
+    pub height: Height,
+    /// The tip.
+    pub tip: BlockHash,
+    /// Cumulative work.
+    pub total_work: Work,
+    /// State root at the tip.
+    pub state_root: protocol::StateRoot,
+    /// Transactions waiting.
+    pub mempool: usize,
+    /// Bumped on every mempool change, so a miner knows to rebuild.
+    pub mempool_version: u64,
+}
+
+#[derive(Debug, Default)]
+struct OrphanPool {
+    blocks: HashMap<BlockHash, Block>,
+    order: VecDeque<BlockHash>,
+}
+
+impl OrphanPool {
+    fn insert(&mut self, hash: BlockHash, block: Block) {
+        if self.blocks.contains_key(&hash) {
+            return;
+        }
+        while self.order.len() >= MAX_ORPHANS {
+            if let Some(old) = self.order.pop_front() {
+                self.blocks.remove(&old);
+            }
+        }
+        self.order.push_back(hash);
+        self.blocks.insert(hash, block);
+    }
+
+    fn children_of(&mut self, parent: &BlockHash) -> Vec<Block> {
+        let hashes: Vec<BlockHash> = self
+            .blocks
+            .iter()
+            .filter(|(_, block)| block.header.prev == *parent)
+            .map(|(hash, _)| *hash)
+            .collect();
+        self.order.retain(|h| !hashes.contains(h));
+        hashes
+            .iter()
+            .filter_map(|h| self.blocks.remove(h))
+            .collect()
+    }
+}
+
+/// The chain, its state, its store and its mempool.
+pub struct Chain {
+    params: ChainParams,
+    store: Store,
+    state: State,
+    index: HashMap<BlockHash, IndexEntry>,
+    main: Vec<BlockHash>,
+    invalid: HashSet<BlockHash>,
+    orphans: OrphanPool,
+    mempool: Mempool,
+    mempool_version: u64,
+    verifier: SharedVerifier,
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("height", &self.height())
+            .field("tip", &self.tip())
+            .finish_non_exhaustive()
+    }
+}
+
+fn block_work(header: &Header) -> Work {
+    header
+        .bits
+        .to_target()
+        .map(|t| t.work())
+        .unwrap_or(Work::ZERO)
+}
+
+impl Chain {
+    /// Opens the chain stored at `path` (creating it with genesis when new)
+    /// and resumes from the stored tip, switching to a stored branch with
+    /// more work if one exists.
+    pub fn open(
+        path: &Path,
+        params: ChainParams,
+        verifier: SharedVerifier,
+        limits: MempoolLimits,
+    ) -> Result<Self, ChainError> {
+        let genesis = params.genesis_block().map_err(StoreError::from)?;
+        let store = Store::open(path, params.name, &genesis, &params.genesis_state())?;
+        let loaded = store.load()?;
+        let mut rows = loaded.index;
+        rows.sort_by_key(|(_, _, entry)| (entry.height, entry.seq));
+        let mut index: HashMap<BlockHash, IndexEntry> = HashMap::new();
+        let mut next_seq = 0u64;
+        for (hash, header, stored) in rows {
+            let block1_time = if stored.height == Height(1) {
+                Some(header.time)
+            } else {
+                index.get(&header.prev).and_then(|p| p.block1_time)
+            };
+            next_seq = next_seq.max(stored.seq.saturating_add(1));
+            index.insert(
+                hash,
+                IndexEntry {
+                    header,
+                    height: stored.height,
+                    work: stored.work,
+                    seq: stored.seq,
+                    block1_time,
+                },
+            );
+        }
+        let mut chain = Self {
+            params,
+            store,
+            state: loaded.state,
+            index,
+            main: loaded.main,
+            invalid: HashSet::new(),
+            orphans: OrphanPool::default(),
+            mempool: Mempool::new(limits),
+            mempool_version: 0,
+            verifier,
+            next_seq,
+        };
+        if let Some(best) = chain.best_candidate() {
+            if chain.index.get(&best).map(|e| e.work) > Some(chain.total_work()) {
+                let activation = chain.activate(best)?;
+                if let Some((bad, source)) = activation.failed {
+                    tracing::warn!(block = %bad, reason = %source, "stored block failed to connect on start-up");
+                }
+            }
+        }
+        Ok(chain)
+    }
+
+    /// The chain parameters.
+    pub fn params(&self) -> &ChainParams {
+        &self.params
+    }
+
+    /// The tip hash.
+    pub fn tip(&self) -> BlockHash {
+        self.main.last().copied().unwrap_or_default()
+    }
+
+    /// The tip height.
+    pub fn height(&self) -> Height {
+        Height(u64::try_from(self.main.len().saturating_sub(1)).unwrap_or(0))
+    }
+
+    /// The cumulative work of the main chain.
+    pub fn total_work(&self) -> Work {
+        self.index
+            .get(&self.tip())
+            .map(|e| e.work)
+            .unwrap_or(Work::ZERO)
+    }
+
+    /// The state at the tip.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The mempool.
+    pub fn mempool(&self) -> &Mempool {
+        &self.mempool
+    }
+
+    /// A snapshot of the tip for watchers.
+    pub fn snapshot(&self) -> TipSnapshot {
+        TipSnapshot {
+            height: self.height(),
+            tip: self.tip(),
+            total_work: self.total_work(),
+            // A connected block's header commits to the state after it, so
+            // the tip's header holds the current root without rehashing.
+            state_root: self
+                .index
+                .get(&self.tip())
+                .map(|e| e.header.state_root)
+                .unwrap_or_default(),
+            mempool: self.mempool.len(),
+            mempool_version: self.mempool_version,
+        }
+    }
+
+    /// Whether the block (with its body) is stored.
+    pub fn has_block(&self, hash: &BlockHash) -> bool {
+        self.index.contains_key(hash)
+    }
+
+    /// The height of a stored block, and whether it is on the main chain.
+    pub fn block_position(&self, hash: &BlockHash) -> Option<(Height, bool)> {
+        self.index
+            .get(hash)
+            .map(|e| (e.height, self.is_on_main(hash, e.height)))
+    }
+
+    fn is_on_main(&self, hash: &BlockHash, height: Height) -> bool {
+        usize::try_from(height.0)
+            .ok()
+            .and_then(|h| self.main.get(h))
+            == Some(hash)
+    }
+
+    /// The main-chain hash at `height`.
+    pub fn hash_at(&self, height: Height) -> Option<BlockHash> {
+        usize::try_from(height.0)
+            .ok()
+            .and_then(|h| self.main.get(h))
+            .copied()
+    }
+
+    /// A stored block.
+    pub fn block(&self, hash: &BlockHash) -> Result<Option<Block>, ChainError> {
+        Ok(self.store.block(hash)?)
+    }
+
+    /// A block locator: the last ten main-chain hashes, then exponentially
+    /// sparser ones, ending at genesis.
+    pub fn locator(&self) -> Vec<BlockHash> {
+        let mut out = Vec::new();
+        let mut height = self.main.len().saturating_sub(1);
+        let mut step = 1usize;
+        loop {
+            if let Some(hash) = self.main.get(height) {
+                out.push(*hash);
+            }
+            if height == 0 {
+                break;
+            }
+            if out.len() >= 10 {
+                step = step.saturating_mul(2);
+            }
+            height = height.saturating_sub(step);
+        }
+        out
+    }
+
+    /// Main-chain headers after the first locator hash we share, at most
+    /// `max` of them.
+    pub fn headers_after(&self, locator: &[BlockHash], max: usize) -> Vec<Header> {
+        let start = locator
+            .iter()
+            .find_map(|hash| {
+                self.index
+                    .get(hash)
+                    .filter(|e| self.is_on_main(hash, e.height))
+                    .and_then(|e| usize::try_from(e.height.0).ok())
+            })
+            .unwrap_or(0);
+        self.main
+            .iter()
+            .skip(start.saturating_add(1))
+            .take(max.min(MAX_HEADERS))
+            .filter_map(|hash| self.index.get(hash).map(|e| e.header))
+            .collect()
+    }
+
+    fn header_context(&self, parent_hash: &BlockHash, now: u32) -> Option<(HeaderContext, Height)> {
+        let parent = self.index.get(parent_hash)?;
+        let mut times = Vec::with_capacity(MEDIAN_TIME_SPAN);
+        let mut cursor = Some(parent);
+        while let Some(entry) = cursor {
+            times.push(entry.header.time);
+            if times.len() >= MEDIAN_TIME_SPAN || entry.height == Height::GENESIS {
+                break;
+            }
+            cursor = self.index.get(&entry.header.prev);
+        }
+        let block1 = if parent.height == Height(1) {
+            Some(parent.header.time)
+        } else {
+            parent.block1_time
+        };
+        let bits = expected_bits(&self.params, parent.height, parent.header.time, block1).ok()?;
+        Some((
+            HeaderContext {
+                parent: *parent_hash,
+                expected_bits: bits,
+                median_time_past: median_time_past(&times),
+                now,
+            },
+            parent.height.next()?,
+        ))
+    }
+
+    /// Validates and stores `block`, switching the main chain to it when its
+    /// branch has more work, then does the same for orphans it unblocks.
+    pub fn process_block(&mut self, block: Block, now: u32) -> Result<BlockOutcome, ChainError> {
+        let hash = block.hash();
+        let outcome = self.accept_one(block, hash, now)?;
+        let mut best = outcome.clone();
+        if !matches!(
+            outcome,
+            BlockOutcome::Orphan { .. } | BlockOutcome::AlreadyKnown
+        ) {
+            let mut queue = vec![hash];
+            while let Some(parent) = queue.pop() {
+                for child in self.orphans.children_of(&parent) {
+                    let child_hash = child.hash();
+                    if let Ok(child_outcome) = self.accept_one(child, child_hash, now) {
+                        if matches!(child_outcome, BlockOutcome::NewTip { .. }) {
+                            best = child_outcome;
+                        }
+                        queue.push(child_hash);
+                    }
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    fn accept_one(
+        &mut self,
+        block: Block,
+        hash: BlockHash,
+        now: u32,
+    ) -> Result<BlockOutcome, ChainError> {
+        if self.invalid.contains(&hash) || self.invalid.contains(&block.header.prev) {
+            self.invalid.insert(hash);
+            return Err(ChainError::KnownInvalid { hash });
+        }
+        if self.index.contains_key(&hash) {
+            return Ok(BlockOutcome::AlreadyKnown);
+        }
+        let sealed = block.header.seal();
+        // Proof of work first: it is cheap and decides whether the block may
+        // take space in the orphan pool.
+        protocol::validation::check_proof_of_work(&sealed, &self.params)
+            .map_err(|source| ChainError::InvalidHeader { hash, source })?;
+        let Some((context, height)) = self.header_context(&block.header.prev, now) else {
+            let parent = block.header.prev;
+            self.orphans.insert(hash, block);
+            return Ok(BlockOutcome::Orphan { parent });
+        };
+        if let Err(source) = check_header(&sealed, &context, &self.params) {
+            if !matches!(source, HeaderError::TimeTooNew { .. }) {
+                self.invalid.insert(hash);
+            }
+            return Err(ChainError::InvalidHeader { hash, source });
+        }
+        if let Err(source) = check_block_body(&block, height, &self.params) {
+            self.invalid.insert(hash);
+            return Err(ChainError::InvalidBlock { hash, source });
+        }
+        let parent_work = self
+            .index
+            .get(&block.header.prev)
+            .map(|e| e.work)
+            .unwrap_or(Work::ZERO);
+        let work =
+            parent_work
+                .checked_add(block_work(&block.header))
+                .ok_or(ChainError::InvalidBlock {
+                    hash,
+                    source: BlockError::Overflow("cumulative work"),
+                })?;
+        // A block that becomes the tip is fully applied at once; one stored
+        // on a side branch gets its signatures and other stateless rules
+        // checked now, so it cannot carry garbage into the store.
+        if work <= self.total_work() {
+            self.check_side_block_txs(&block, hash)?;
+        }
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.saturating_add(1);
+        let stored = StoredIndex {
+            header: block.header,
+            height,
+            work,
+            seq,
+        };
+        self.store.put_block(&block, &stored)?;
+        let block1_time = if height == Height(1) {
+            Some(block.header.time)
+        } else {
+            self.index
+                .get(&block.header.prev)
+                .and_then(|p| p.block1_time)
+        };
+        self.index.insert(
+            hash,
+            IndexEntry {
+                header: block.header,
+                height,
+                work,
+                seq,
+                block1_time,
+            },
+        );
+        if work > self.total_work() {
+            let activation = self.activate(hash)?;
+            if let Some((bad, source)) = activation.failed {
+                return Err(ChainError::InvalidBlock { hash: bad, source });
+            }
+            let reorg = activation.reorg;
+            Ok(BlockOutcome::NewTip {
+                height: self.height(),
+                hash: self.tip(),
+                txs: block.txs.len(),
+                reorg,
+            })
+        } else {
+            Ok(BlockOutcome::SideChain { height, hash })
+        }
+    }
+
+    fn check_side_block_txs(&mut self, block: &Block, hash: BlockHash) -> Result<(), ChainError> {
+        for (index, tx) in block.txs.iter().enumerate() {
+            if let Transaction::Signed(signed) = tx {
+                if let Err(source) = check_tx_stateless(signed, &self.params) {
+                    self.invalid.insert(hash);
+                    return Err(ChainError::InvalidBlock {
+                        hash,
+                        source: BlockError::Tx {
+                            index,
+                            txid: signed.id().unwrap_or_default(),
+                            source: Box::new(source),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored block with the most work (first seen wins ties) that is
+    /// not known to be invalid.
+    fn best_candidate(&self) -> Option<BlockHash> {
+        self.index
+            .iter()
+            .filter(|(hash, _)| !self.invalid.contains(*hash))
+            .max_by(|(_, a), (_, b)| a.work.cmp(&b.work).then(b.seq.cmp(&a.seq)))
+            .map(|(hash, _)| *hash)
+    }
+
+    /// Makes `target` the tip: disconnects the main chain down to the fork
+    /// point and connects the branch. When a branch block fails, it and its
+    /// descendants are marked invalid and, if the old chain had more work,
+    /// the old chain is restored. Transactions of disconnected blocks go
+    /// back to the mempool.
+    fn activate(&mut self, target: BlockHash) -> Result<Activation, ChainError> {
+        let old_tip = self.tip();
+        let old_height = self.height();
+        let old_work = self.total_work();
+        let mut branch = Vec::new();
+        let mut cursor = target;
+        let fork_height = loop {
+            let entry = self
+                .index
+                .get(&cursor)
+                .ok_or_else(|| StoreError::Missing(format!("index entry of {cursor}")))?;
+            if self.is_on_main(&cursor, entry.height) {
+                break entry.height;
+            }
+            branch.push(cursor);
+            cursor = entry.header.prev;
+        };
+        let mut disconnected = Vec::new();
+        while self.height() > fork_height {
+            disconnected.push(self.disconnect_tip()?);
+        }
+        let mut failed = None;
+        for hash in branch.iter().rev() {
+            if let Err(source) = self.connect(hash)? {
+                failed = Some((*hash, source));
+                break;
+            }
+        }
+        if let Some((bad, _)) = &failed {
+            self.mark_invalid(*bad);
+            if self.total_work() < old_work {
+                while self.height() > fork_height {
+                    self.disconnect_tip()?;
+                }
+                for block in disconnected.iter().rev() {
+                    // These were connected before, so they connect again.
+                    if let Err(source) = self.connect(&block.hash())? {
+                        tracing::error!(block = %block.hash(), reason = %source, "old main chain block no longer connects");
+                        break;
+                    }
+                }
+                disconnected.clear();
+            }
+        }
+        let now = Instant::now();
+        let next_height = self.height().next().unwrap_or(self.height());
+        let ctx = TipContext {
+            params: &self.params,
+            next_height,
+            verifier: &*self.verifier,
+        };
+        for block in disconnected.iter().rev() {
+            for tx in &block.txs {
+                if let Transaction::Signed(signed) = tx {
+                    let _ = self
+                        .mempool
+                        .insert(signed.clone(), &mut self.state, &ctx, now);
+                }
+            }
+        }
+        self.mempool.prune(&self.state, now);
+        self.mempool_version = self.mempool_version.wrapping_add(1);
+        let depth = u64::try_from(disconnected.len()).unwrap_or(u64::MAX);
+        Ok(Activation {
+            reorg: (depth > 0).then_some(Reorg {
+                depth,
+                old_tip,
+                old_height,
+            }),
+            failed,
+        })
+    }
+
+    fn mark_invalid(&mut self, bad: BlockHash) {
+        let mut doomed = vec![bad];
+        let mut frontier = vec![bad];
+        while let Some(parent) = frontier.pop() {
+            for (hash, entry) in &self.index {
+                if entry.header.prev == parent {
+                    doomed.push(*hash);
+                    frontier.push(*hash);
+                }
+            }
+        }
+        for hash in doomed {
+            self.index.remove(&hash);
+            self.invalid.insert(hash);
+            if let Err(err) = self.store.forget(&hash) {
+                tracing::error!(block = %hash, reason = %err, "cannot remove an invalid block from the store");
+            }
+        }
+    }
+
+    /// Applies the stored block `hash` on top of the tip and commits it.
+    fn connect(&mut self, hash: &BlockHash) -> Result<Result<(), BlockError>, ChainError> {
+        let block = self
+            .store
+            .block(hash)?
+            .ok_or_else(|| StoreError::Missing(format!("block {hash}")))?;
+        let height = self
+            .index
+            .get(hash)
+            .map(|e| e.height)
+            .ok_or_else(|| StoreError::Missing(format!("index entry of {hash}")))?;
+        let undo = match apply_block(
+            &mut self.state,
+            &block,
+            height,
+            &self.params,
+            &*self.verifier,
+        ) {
+            Ok(undo) => undo,
+            Err(source) => return Ok(Err(source)),
+        };
+        let delta = StateDelta::after(&self.state, &undo);
+        if let Err(err) = self.store.connect(hash, height, &undo, &delta) {
+            undo_block(&mut self.state, &undo);
+            return Err(err.into());
+        }
+        self.main.push(*hash);
+        for tx in &block.txs {
+            if let Ok(id) = tx.id() {
+                self.mempool.remove(&id);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Rolls the tip back with its undo data and commits that.
+    fn disconnect_tip(&mut self) -> Result<Block, ChainError> {
+        let hash = self.tip();
+        let height = self.height();
+        let block = self
+            .store
+            .block(&hash)?
+            .ok_or_else(|| StoreError::Missing(format!("block {hash}")))?;
+        let undo = self.store.undo(&hash)?;
+        let mut rolled = self.state.clone();
+        undo_block(&mut rolled, &undo);
+        let delta = StateDelta::after(&rolled, &undo);
+        self.store
+            .disconnect(&hash, height, &block.header.prev, &delta)?;
+        self.state = rolled;
+        self.main.pop();
+        Ok(block)
+    }
+
+    /// Validates `tx` against the tip and adds it to the mempool.
+    pub fn submit_tx(&mut self, tx: SignedTx) -> Result<TxId, MempoolError> {
+        let next_height = self.height().next().unwrap_or(self.height());
+        let ctx = TipContext {
+            params: &self.params,
+            next_height,
+            verifier: &*self.verifier,
+        };
+        let id = self
+            .mempool
+            .insert(tx, &mut self.state, &ctx, Instant::now())?;
+        self.mempool_version = self.mempool_version.wrapping_add(1);
+        Ok(id)
+    }
+
+    /// The nonce the next transaction from `address` should carry.
+    pub fn next_nonce(&self, address: &Address) -> u64 {
+        self.mempool.next_nonce(address, &self.state)
+    }
+
+    /// A block template on the tip paying subsidy and fees to `miner`.
+    pub fn template(&mut self, miner: Address, now: u32) -> Result<BlockTemplate, ChainError> {
+        let tip = self.tip();
+        let template_error = |source| ChainError::InvalidBlock {
+            hash: BlockHash::ZERO,
+            source,
+        };
+        let (context, height) = self
+            .header_context(&tip, now)
+            .ok_or_else(|| StoreError::Missing(format!("index entry of tip {tip}")))?;
+        let ctx = TipContext {
+            params: &self.params,
+            next_height: height,
+            verifier: &*self.verifier,
+        };
+        // Room for the header, the coinbase and the length prefixes.
+        let max_bytes = self.params.max_block_bytes.saturating_sub(1024);
+        let max_txs = self.params.max_block_txs.saturating_sub(1);
+        let (txs, fees) = self
+            .mempool
+            .select(&mut self.state, &ctx, max_txs, max_bytes);
+        let amount = self
+            .params
+            .subsidy(height)
+            .checked_add(fees)
+            .ok_or(template_error(BlockError::Overflow("subsidy plus fees")))?;
+        let mut all = Vec::with_capacity(txs.len().saturating_add(1));
+        all.push(Transaction::Coinbase(Coinbase {
+            height,
+            miner,
+            amount,
+        }));
+        all.extend(txs.into_iter().map(Transaction::Signed));
+        let state_root =
+            template_state_root(&mut self.state, &all, height, &self.params, &*self.verifier)
+                .map_err(template_error)?;
+        let ids = all
+            .iter()
+            .map(Transaction::id)
+            .collect::<Result<Vec<TxId>, _>>()
+            .map_err(|e| template_error(e.into()))?;
+        let header = Header {
+            version: self.params.block_version,
+            prev: tip,
+            merkle_root: merkle_root(&ids),
+            state_root,
+            time: now.max(context.median_time_past.saturating_add(1)),
+            bits: context.expected_bits,
+            nonce: 0,
+        };
+        Ok(BlockTemplate {
+            block: Block { header, txs: all },
+            height,
+        })
+    }
+}
+
+/// The result of switching to a branch.
+#[derive(Debug)]
+struct Activation {
+    reorg: Option<Reorg>,
+    failed: Option<(BlockHash, BlockError)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Amount, TxBody, TxKind};
+
+    const NOW: u32 = 1_767_225_600 + 1000;
+
+    fn open(dir: &Path) -> Chain {
+        Chain::open(
+            &dir.join("chain.redb"),
+            ChainParams::regtest(),
+            Arc::new(NoTrainingEngine),
+            MempoolLimits::default(),
+        )
+        .unwrap()
+    }
+
+    fn mine(chain: &mut Chain, miner: Address, now: u32) -> Block {
+        let mut block = chain.template(miner, now).unwrap().block;
+        let target = block.header.bits.to_target().unwrap();
+        let mut hasher = block.header.hasher();
+        while !target.is_met_by(&BlockHash(hasher.hash_with_nonce(block.header.nonce))) {
+            block.header.nonce += 1;
+        }
+        block
+    }
+
+    fn transfer(nonce: u64, amount: u64) -> SignedTx {
+        TxBody {
+            from: Address::ZERO,
+            nonce,
+            fee: Amount(10),
+            kind: TxKind::Transfer {
+                to: Address([5; 32]),
+                amount: Amount(amount),
+            },
+        }
+        .sign(
+            &protocol::params::faucet_key(),
+            ChainParams::regtest().chain_id,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn more_work_branch_wins_and_disconnected_txs_return_to_the_mempool() {
+        let dir_a = tempfile::tempdir().unwrap();
+        let dir_b = tempfile::tempdir().unwrap();
+        let mut a = open(dir_a.path());
+        let mut b = open(dir_b.path());
+
+        let tx = transfer(0, 1000);
+        let txid = a.submit_tx(tx.clone()).unwrap();
+        let mut a_blocks = Vec::new();
+        for i in 0..3 {
+            let block = mine(&mut a, Address([1; 32]), NOW + i);
+            assert!(matches!(
+                a.process_block(block.clone(), NOW + 10).unwrap(),
+                BlockOutcome::NewTip { .. }
+            ));
+            a_blocks.push(block);
+        }
+        assert!(a.mempool().is_empty());
+        assert_eq!(a.state().account(&Address([5; 32])).balance, Amount(1000));
+        let a_tip = a.tip();
+
+        let mut b_blocks = Vec::new();
+        for i in 0..4 {
+            let block = mine(&mut b, Address([2; 32]), NOW + i);
+            b.process_block(block.clone(), NOW + 10).unwrap();
+            b_blocks.push(block);
+        }
+        // Equal work does not switch: first seen wins.
+        for block in b_blocks.iter().take(3) {
+            assert!(matches!(
+                a.process_block(block.clone(), NOW + 10).unwrap(),
+                BlockOutcome::SideChain { .. }
+            ));
+        }
+        assert_eq!(a.tip(), a_tip);
+        let last = b_blocks.last().unwrap().clone();
+        match a.process_block(last, NOW + 10).unwrap() {
+            BlockOutcome::NewTip {
+                reorg: Some(reorg), ..
+            } => {
+                assert_eq!(reorg.depth, 3);
+                assert_eq!(reorg.old_tip, a_tip);
+            }
+            other => panic!("expected a reorg, got {other:?}"),
+        }
+        assert_eq!(a.tip(), b.tip());
+        assert_eq!(a.state().root().unwrap(), b.state().root().unwrap());
+        assert!(
+            a.mempool().contains(&txid),
+            "the disconnected transfer is back in the mempool"
+        );
+        assert_eq!(a.state().account(&Address([5; 32])).balance, Amount::ZERO);
+        assert_eq!(a.snapshot().state_root, a.state().root().unwrap());
+
+        // A restart resumes on the same tip and state.
+        let tip = a.tip();
+        let root = a.state().root().unwrap();
+        drop(a);
+        let a = open(dir_a.path());
+        assert_eq!(a.tip(), tip);
+        assert_eq!(a.height(), Height(4));
+        assert_eq!(a.state().root().unwrap(), root);
+        assert_eq!(
+            a.headers_after(&[a_blocks[0].hash()], 10).len(),
+            4,
+            "unknown locator falls back to genesis"
+        );
+    }
+
+    #[test]
+    fn orphans_wait_for_their_parent_and_bad_blocks_are_refused() {
+        let dir_a = tempfile::tempdir().unwrap();
+        let dir_b = tempfile::tempdir().unwrap();
+        let mut a = open(dir_a.path());
+        let mut b = open(dir_b.path());
+        let first = mine(&mut b, Address([2; 32]), NOW);
+        b.process_block(first.clone(), NOW).unwrap();
+        let second = mine(&mut b, Address([2; 32]), NOW + 1);
+        b.process_block(second.clone(), NOW).unwrap();
+
+        assert_eq!(
+            a.process_block(second.clone(), NOW).unwrap(),
+            BlockOutcome::Orphan {
+                parent: first.hash()
+            }
+        );
+        assert!(matches!(
+            a.process_block(first, NOW).unwrap(),
+            BlockOutcome::NewTip { .. }
+        ));
+        assert_eq!(
+            a.tip(),
+            second.hash(),
+            "the orphan connected once its parent arrived"
+        );
+
+        let mut bad_pow = mine(&mut a, Address([1; 32]), NOW + 2);
+        let target = bad_pow.header.bits.to_target().unwrap();
+        while target.is_met_by(&bad_pow.header.hash()) {
+            bad_pow.header.nonce += 1;
+        }
+        let err = a.process_block(bad_pow, NOW).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::InvalidHeader {
+                    source: HeaderError::BadProofOfWork { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let mut overpaid = a.template(Address([1; 32]), NOW + 2).unwrap().block;
+        if let Some(Transaction::Coinbase(cb)) = overpaid.txs.first_mut() {
+            cb.amount = Amount(cb.amount.0 + 1);
+        }
+        let ids: Vec<TxId> = overpaid.txs.iter().map(|t| t.id().unwrap()).collect();
+        overpaid.header.merkle_root = merkle_root(&ids);
+        let target = overpaid.header.bits.to_target().unwrap();
+        while !target.is_met_by(&overpaid.header.hash()) {
+            overpaid.header.nonce += 1;
+        }
+        let overpaid_hash = overpaid.hash();
+        let err = a.process_block(overpaid.clone(), NOW).unwrap_err();
+        assert!(err.is_peer_fault());
+        assert!(err.to_string().contains("coinbase pays"), "{err}");
+        assert_eq!(a.tip(), second.hash());
+        assert!(
+            a.block(&overpaid_hash).unwrap().is_none(),
+            "an invalid block is not kept"
+        );
+        assert!(matches!(
+            a.process_block(overpaid, NOW),
+            Err(ChainError::KnownInvalid { .. })
+        ));
+    }
+}

@@ -1,0 +1,795 @@
+//! The network event loop: the one task that owns the libp2p `Swarm`, and
+//! the cloneable [`NetworkClient`] through which other tasks publish gossip,
+//! send sync requests, penalise peers and dial.
+//!
+//! Behaviours: tcp + noise + yamux with dns, identify, ping, gossipsub for
+//! blocks and transactions (validated before forwarding, content-hash ids,
+//! size caps), request-response for sync and for the peer RPC, and a block
+//! list for peers whose penalties pass the ban score. The loop only routes
+//! events: validation and chain queries run in spawned tasks that talk to
+//! the chain task, so a slow block never stalls the swarm.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    allow_block_list, identify, identity, noise, ping, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol, Swarm,
+};
+use protocol::rpc::{MAX_RPC_MESSAGE_BYTES, RPC_PROTOCOL};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::wire::{
+    FrameCodec, BLOCKS_TOPIC, IDENTIFY_PROTOCOL, MAX_SYNC_FRAME, SYNC_PROTOCOL, TXS_TOPIC,
+};
+
+/// Penalty points at which a peer is disconnected and blocked.
+pub const BAN_SCORE: u32 = 100;
+/// Longest wait between two dials of a bootstrap address.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Why the network could not start or a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Building the transport failed.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// A request to a peer failed.
+    #[error("request to {peer} failed: {reason}")]
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// The event loop has stopped.
+    #[error("the network event loop has stopped")]
+    Stopped,
+}
+
+/// The swarm's behaviours.
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    gossipsub: gossipsub::Behaviour,
+    sync: request_response::Behaviour<FrameCodec>,
+    rpc: request_response::Behaviour<FrameCodec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// A gossip topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topic {
+    /// Blocks.
+    Blocks,
+    /// Transactions.
+    Txs,
+}
+
+impl Topic {
+    fn ident(self) -> IdentTopic {
+        IdentTopic::new(match self {
+            Self::Blocks => BLOCKS_TOPIC,
+            Self::Txs => TXS_TOPIC,
+        })
+    }
+}
+
+/// Something the event loop hands to the rest of the node.
+#[derive(Debug)]
+pub enum NetworkEvent {
+    /// A full node (one that speaks sync) finished identifying.
+    PeerReady(PeerId),
+    /// A peer has no connection left.
+    PeerGone(PeerId),
+    /// A gossip message waits for validation.
+    Gossip {
+        /// Its topic.
+        topic: Topic,
+        /// The peer that forwarded it.
+        source: PeerId,
+        /// The gossipsub message id.
+        id: MessageId,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// A peer asks for sync data; answer with [`NetworkClient::respond_sync`].
+    SyncRequest {
+        /// The peer.
+        peer: PeerId,
+        /// Ticket for the answer.
+        ticket: u64,
+        /// The request bytes.
+        data: Vec<u8>,
+    },
+    /// A client asks an RPC; answer with [`NetworkClient::respond_rpc`].
+    RpcRequest {
+        /// Ticket for the answer.
+        ticket: u64,
+        /// The request bytes.
+        data: Vec<u8>,
+    },
+}
+
+enum Command {
+    Publish {
+        topic: Topic,
+        data: Vec<u8>,
+    },
+    Report {
+        id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    },
+    Penalise {
+        peer: PeerId,
+        points: u32,
+        reason: String,
+    },
+    Disconnect {
+        peer: PeerId,
+    },
+    SyncRequest {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
+    RespondSync {
+        ticket: u64,
+        data: Vec<u8>,
+    },
+    RespondRpc {
+        ticket: u64,
+        data: Vec<u8>,
+    },
+    Connect {
+        addr: Multiaddr,
+    },
+    Penalty {
+        peer: PeerId,
+        reply: oneshot::Sender<(u32, bool)>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+}
+
+/// A cloneable handle to the network event loop.
+#[derive(Clone, Debug)]
+pub struct NetworkClient {
+    commands: mpsc::UnboundedSender<Command>,
+    peers: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl NetworkClient {
+    fn send(&self, command: Command) {
+        let _ = self.commands.send(command);
+    }
+
+    /// Publishes on a gossip topic.
+    pub fn publish(&self, topic: Topic, data: Vec<u8>) {
+        self.send(Command::Publish { topic, data });
+    }
+
+    /// Reports the validation result of a gossip message.
+    pub fn report(&self, id: MessageId, source: PeerId, acceptance: MessageAcceptance) {
+        self.send(Command::Report {
+            id,
+            source,
+            acceptance,
+        });
+    }
+
+    /// Adds penalty points to a peer; at [`BAN_SCORE`] it is blocked.
+    pub fn penalise(&self, peer: PeerId, points: u32, reason: impl Into<String>) {
+        self.send(Command::Penalise {
+            peer,
+            points,
+            reason: reason.into(),
+        });
+    }
+
+    /// Closes every connection to a peer (it may reconnect).
+    pub fn disconnect(&self, peer: PeerId) {
+        self.send(Command::Disconnect { peer });
+    }
+
+    /// Dials `addr` and keeps reconnecting to it with backoff.
+    pub fn connect(&self, addr: Multiaddr) {
+        self.send(Command::Connect { addr });
+    }
+
+    /// Sends a sync request and waits for the answer.
+    pub async fn sync_request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(Command::SyncRequest { peer, data, reply })
+            .map_err(|_| NetError::Stopped)?;
+        response.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an inbound sync request.
+    pub fn respond_sync(&self, ticket: u64, data: Vec<u8>) {
+        self.send(Command::RespondSync { ticket, data });
+    }
+
+    /// Answers an inbound RPC request.
+    pub fn respond_rpc(&self, ticket: u64, data: Vec<u8>) {
+        self.send(Command::RespondRpc { ticket, data });
+    }
+
+    /// A peer's penalty points and whether it is blocked.
+    pub async fn penalty(&self, peer: PeerId) -> Result<(u32, bool), NetError> {
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(Command::Penalty { peer, reply })
+            .map_err(|_| NetError::Stopped)?;
+        response.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// The connected full-node peers.
+    pub async fn peers(&self) -> Result<Vec<PeerId>, NetError> {
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(Command::Peers { reply })
+            .map_err(|_| NetError::Stopped)?;
+        response.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// How many full-node peers are connected.
+    pub fn peer_count(&self) -> usize {
+        self.peers.load(Ordering::Relaxed)
+    }
+}
+
+/// Network settings.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// The node's identity.
+    pub keypair: identity::Keypair,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Addresses to keep connected to.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Largest gossip message (a block near the cap plus framing).
+    pub max_gossip_bytes: usize,
+}
+
+struct Dialed {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    connection: Option<ConnectionId>,
+    connected: bool,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+/// The event loop; run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<NetworkEvent>,
+    pending_sync: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
+    sync_channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    rpc_channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    next_ticket: u64,
+    penalties: HashMap<PeerId, u32>,
+    banned: HashSet<PeerId>,
+    full_peers: HashSet<PeerId>,
+    addrs: HashMap<PeerId, Multiaddr>,
+    peers: Arc<AtomicUsize>,
+    dialed: Vec<Dialed>,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop").finish_non_exhaustive()
+    }
+}
+
+fn message_id(message: &gossipsub::Message) -> MessageId {
+    MessageId::from(hex::encode(protocol::sha256(&message.data)))
+}
+
+fn build_swarm(config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
+    let max_gossip = config.max_gossip_bytes;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_dns()
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_behaviour(|key| {
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .message_id_fn(message_id)
+                .max_transmit_size(max_gossip)
+                .heartbeat_interval(Duration::from_millis(500))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )?;
+            let sync = request_response::Behaviour::with_codec(
+                FrameCodec::new(MAX_SYNC_FRAME),
+                [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+            );
+            let rpc = request_response::Behaviour::with_codec(
+                FrameCodec::new(MAX_RPC_MESSAGE_BYTES),
+                [(StreamProtocol::new(RPC_PROTOCOL), ProtocolSupport::Inbound)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+            );
+            Ok(Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
+                gossipsub,
+                sync,
+                rpc,
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_agent_version(format!(
+                            "gradchain-node/{}",
+                            env!("CARGO_PKG_VERSION")
+                        )),
+                ),
+                ping: ping::Behaviour::default(),
+            })
+        })
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    Ok(swarm)
+}
+
+/// Builds the swarm, subscribes, starts listening and waits for the bound
+/// addresses. Returns the client, the loop to run, the receiver of
+/// [`NetworkEvent`]s and the bound addresses.
+pub async fn start(
+    config: NetworkConfig,
+) -> Result<
+    (
+        NetworkClient,
+        EventLoop,
+        mpsc::UnboundedReceiver<NetworkEvent>,
+        Vec<Multiaddr>,
+    ),
+    NetError,
+> {
+    let mut swarm = build_swarm(&config)?;
+    for topic in [Topic::Blocks, Topic::Txs] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic.ident())
+            .map_err(|e| NetError::Transport(e.to_string()))?;
+    }
+    let mut listeners = HashSet::new();
+    for addr in &config.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        listeners.insert(id);
+    }
+    let mut bound = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !listeners.is_empty() {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| NetError::Transport("timed out waiting for listen addresses".into()))?;
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                listeners.remove(&listener_id);
+                tracing::info!(%address, "listening");
+                bound.push(address);
+            }
+            SwarmEvent::ListenerError { error, .. }
+            | SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            } => {
+                return Err(NetError::Transport(error.to_string()));
+            }
+            _ => {}
+        }
+    }
+    let now = Instant::now();
+    let dialed = config
+        .bootstrap
+        .iter()
+        .map(|addr| Dialed {
+            addr: addr.clone(),
+            peer: peer_of(addr),
+            connection: None,
+            connected: false,
+            next_attempt: now,
+            backoff: FIRST_BACKOFF,
+        })
+        .collect();
+    let (command_tx, commands) = mpsc::unbounded_channel();
+    let (events, event_rx) = mpsc::unbounded_channel();
+    let peers = Arc::new(AtomicUsize::new(0));
+    let client = NetworkClient {
+        commands: command_tx,
+        peers: peers.clone(),
+    };
+    Ok((
+        client,
+        EventLoop {
+            swarm,
+            commands,
+            events,
+            pending_sync: HashMap::new(),
+            sync_channels: HashMap::new(),
+            rpc_channels: HashMap::new(),
+            next_ticket: 0,
+            penalties: HashMap::new(),
+            banned: HashSet::new(),
+            full_peers: HashSet::new(),
+            addrs: HashMap::new(),
+            peers,
+            dialed,
+        },
+        event_rx,
+        bound,
+    ))
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+impl EventLoop {
+    /// The local peer id.
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut redial = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                _ = redial.tick() => self.redial(),
+            }
+        }
+    }
+
+    fn redial(&mut self) {
+        let now = Instant::now();
+        for entry in &mut self.dialed {
+            if entry.connected || entry.connection.is_some() || now < entry.next_attempt {
+                continue;
+            }
+            if entry.peer.is_some_and(|p| self.banned.contains(&p)) {
+                continue;
+            }
+            let opts = match entry.peer {
+                Some(peer) => DialOpts::peer_id(peer)
+                    .addresses(vec![entry.addr.clone()])
+                    .build(),
+                None => DialOpts::unknown_peer_id()
+                    .address(entry.addr.clone())
+                    .build(),
+            };
+            entry.connection = Some(opts.connection_id());
+            if let Err(err) = self.swarm.dial(opts) {
+                tracing::debug!(addr = %entry.addr, reason = %err, "dial failed");
+                entry.connection = None;
+                entry.next_attempt = now + entry.backoff;
+                entry.backoff = (entry.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    fn ticket(&mut self) -> u64 {
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        self.next_ticket
+    }
+
+    fn penalise(&mut self, peer: PeerId, points: u32, reason: &str) {
+        let score = self.penalties.entry(peer).or_insert(0);
+        *score = score.saturating_add(points);
+        let score = *score;
+        tracing::warn!(%peer, points, score, %reason, "penalised peer");
+        if score >= BAN_SCORE && self.banned.insert(peer) {
+            tracing::warn!(%peer, score, "banned peer: penalty score reached {BAN_SCORE}");
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish { topic, data } => {
+                if let Err(err) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(topic.ident(), data)
+                {
+                    tracing::debug!(?topic, reason = %err, "gossip publish failed");
+                }
+            }
+            Command::Report {
+                id,
+                source,
+                acceptance,
+            } => {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Penalise {
+                peer,
+                points,
+                reason,
+            } => self.penalise(peer, points, &reason),
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::SyncRequest { peer, data, reply } => {
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, data);
+                self.pending_sync.insert(id, reply);
+            }
+            Command::RespondSync { ticket, data } => {
+                if let Some(channel) = self.sync_channels.remove(&ticket) {
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, data);
+                }
+            }
+            Command::RespondRpc { ticket, data } => {
+                if let Some(channel) = self.rpc_channels.remove(&ticket) {
+                    let _ = self.swarm.behaviour_mut().rpc.send_response(channel, data);
+                }
+            }
+            Command::Connect { addr } => {
+                if !self.dialed.iter().any(|d| d.addr == addr) {
+                    self.dialed.push(Dialed {
+                        peer: peer_of(&addr),
+                        addr,
+                        connection: None,
+                        connected: false,
+                        next_attempt: Instant::now(),
+                        backoff: FIRST_BACKOFF,
+                    });
+                }
+                self.redial();
+            }
+            Command::Penalty { peer, reply } => {
+                let score = self.penalties.get(&peer).copied().unwrap_or(0);
+                let _ = reply.send((score, self.banned.contains(&peer)));
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.full_peers.iter().copied().collect());
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let Some(entry) = self
+                    .dialed
+                    .iter_mut()
+                    .find(|d| d.connection == Some(connection_id))
+                {
+                    entry.connected = true;
+                    entry.peer = Some(peer_id);
+                    entry.backoff = FIRST_BACKOFF;
+                }
+                if num_established.get() == 1 {
+                    // The "peer connected" line waits for identify, so RPC
+                    // clients do not read as peers.
+                    tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                    self.addrs
+                        .insert(peer_id, endpoint.get_remote_address().clone());
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                let now = Instant::now();
+                for entry in &mut self.dialed {
+                    if entry.connection == Some(connection_id) {
+                        entry.connection = None;
+                        entry.connected = false;
+                        entry.next_attempt = now + entry.backoff;
+                        entry.backoff = (entry.backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+                if num_established == 0 {
+                    let reason = cause
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "closed".into());
+                    self.addrs.remove(&peer_id);
+                    if self.full_peers.remove(&peer_id) {
+                        tracing::info!(peer = %peer_id, %reason, peers = self.full_peers.len(), "peer disconnected");
+                        self.peers.store(self.full_peers.len(), Ordering::Relaxed);
+                        let _ = self.events.send(NetworkEvent::PeerGone(peer_id));
+                    } else {
+                        tracing::debug!(peer = %peer_id, %reason, "connection closed");
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                let now = Instant::now();
+                for entry in &mut self.dialed {
+                    if entry.connection == Some(connection_id) {
+                        tracing::debug!(addr = %entry.addr, reason = %error, "dial failed, retrying in {:?}", entry.backoff);
+                        entry.connection = None;
+                        entry.next_attempt = now + entry.backoff;
+                        entry.backoff = (entry.backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let topic = if message.topic == Topic::Blocks.ident().hash() {
+                    Topic::Blocks
+                } else if message.topic == Topic::Txs.ident().hash() {
+                    Topic::Txs
+                } else {
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Reject,
+                        );
+                    self.penalise(propagation_source, 10, "gossip on an unknown topic");
+                    return;
+                };
+                let _ = self.events.send(NetworkEvent::Gossip {
+                    topic,
+                    source: propagation_source,
+                    id: message_id,
+                    data: message.data,
+                });
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let full = info.protocols.iter().any(|p| p.as_ref() == SYNC_PROTOCOL);
+                if full && self.full_peers.insert(peer_id) {
+                    let addr = self
+                        .addrs
+                        .get(&peer_id)
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    tracing::info!(peer = %peer_id, %addr, agent = %info.agent_version, peers = self.full_peers.len(), "peer connected");
+                    self.peers.store(self.full_peers.len(), Ordering::Relaxed);
+                    let _ = self.events.send(NetworkEvent::PeerReady(peer_id));
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let ticket = self.ticket();
+                        self.sync_channels.insert(ticket, channel);
+                        let _ = self.events.send(NetworkEvent::SyncRequest {
+                            peer,
+                            ticket,
+                            data: request,
+                        });
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(reply) = self.pending_sync.remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(reply) = self.pending_sync.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.penalise(peer, 20, &format!("malformed sync request: {error}"));
+                }
+            }
+            BehaviourEvent::Rpc(request_response::Event::Message {
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => {
+                let ticket = self.ticket();
+                self.rpc_channels.insert(ticket, channel);
+                let _ = self.events.send(NetworkEvent::RpcRequest {
+                    ticket,
+                    data: request,
+                });
+            }
+            BehaviourEvent::Rpc(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                tracing::debug!(%peer, reason = %error, "rpc request failed");
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The sync driver: headers-first catch-up from one peer at a time.
+//!
+//! From our block locator it asks a peer for the headers after our best
+//! common block, checks that they link and carry valid proof of work, then
+//! fetches the missing bodies in batches and hands them to the chain task.
+//! A peer that times out or fails a request is dropped and sync moves on to
+//! another; a peer that sends invalid data is penalised. The driver never
+//! writes chain state itself.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use protocol::codec;
+use protocol::validation::check_proof_of_work;
+use protocol::{Block, BlockHash, ChainParams};
+use tokio::sync::{mpsc, watch};
+
+use super::network::NetworkClient;
+use super::wire::{SyncRequest, SyncResponse, MAX_BLOCKS_PER_REQUEST, MAX_SYNC_FRAME};
+use crate::chain::{BlockOutcome, MAX_HEADERS};
+use crate::service::{BlockSource, ChainHandle, ServiceError};
+
+/// How long one sync request may take before the peer counts as stalled.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often sync polls a peer even without a trigger, to catch missed gossip.
+const POLL_INTERVAL: Duration = Duration::from_secs(3);
+/// Bodies asked per request.
+const BODY_BATCH: usize = 64;
+
+/// What wakes the sync driver.
+#[derive(Debug)]
+pub enum SyncTrigger {
+    /// A full node connected.
+    PeerReady(PeerId),
+    /// A peer left.
+    PeerGone(PeerId),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("peer {0} stalled: {1}")]
+    Stalled(PeerId, String),
+    #[error("peer {0} sent invalid data: {1}")]
+    Invalid(PeerId, String),
+    #[error(transparent)]
+    Chain(#[from] ServiceError),
+}
+
+/// The sync driver's state.
+#[derive(Debug)]
+pub struct SyncDriver {
+    chain: ChainHandle,
+    network: NetworkClient,
+    params: ChainParams,
+    peers: VecDeque<PeerId>,
+}
+
+impl SyncDriver {
+    /// A driver over the chain task and the network.
+    pub fn new(chain: ChainHandle, network: NetworkClient, params: ChainParams) -> Self {
+        Self {
+            chain,
+            network,
+            params,
+            peers: VecDeque::new(),
+        }
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(
+        mut self,
+        mut triggers: mpsc::UnboundedReceiver<SyncTrigger>,
+        mut behind: mpsc::UnboundedReceiver<PeerId>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        loop {
+            let target = tokio::select! {
+                _ = shutdown.changed() => break,
+                trigger = triggers.recv() => match trigger {
+                    Some(SyncTrigger::PeerReady(peer)) => {
+                        if !self.peers.contains(&peer) {
+                            self.peers.push_back(peer);
+                        }
+                        Some(peer)
+                    }
+                    Some(SyncTrigger::PeerGone(peer)) => {
+                        self.peers.retain(|p| *p != peer);
+                        None
+                    }
+                    None => break,
+                },
+                peer = behind.recv() => peer.filter(|p| self.peers.contains(p)),
+                _ = poll.tick() => {
+                    // Round robin, so every peer's chain is seen.
+                    self.peers.rotate_left(1.min(self.peers.len()));
+                    self.peers.front().copied()
+                }
+            };
+            let Some(peer) = target else {
+                continue;
+            };
+            let outcome = tokio::select! {
+                _ = shutdown.changed() => break,
+                outcome = self.sync_with(peer) => outcome,
+            };
+            match outcome {
+                Ok(0) => {}
+                Ok(blocks) => tracing::debug!(%peer, blocks, "sync round done"),
+                Err(SyncError::Stalled(peer, reason)) => {
+                    tracing::warn!(%peer, %reason, "sync peer stalled, dropping it");
+                    self.peers.retain(|p| *p != peer);
+                    self.network.disconnect(peer);
+                    poll.reset_immediately();
+                }
+                Err(SyncError::Invalid(peer, reason)) => {
+                    self.network.penalise(peer, 100, reason);
+                    self.peers.retain(|p| *p != peer);
+                }
+                Err(SyncError::Chain(err)) => {
+                    tracing::debug!(reason = %err, "sync stopped");
+                }
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        peer: PeerId,
+        request: &SyncRequest,
+    ) -> Result<SyncResponse, SyncError> {
+        let bytes = codec::encode(request).map_err(|e| SyncError::Stalled(peer, e.to_string()))?;
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, self.network.sync_request(peer, bytes))
+            .await
+            .map_err(|_| SyncError::Stalled(peer, "request timed out".into()))?
+            .map_err(|e| SyncError::Stalled(peer, e.to_string()))?;
+        match codec::decode_with_limit::<SyncResponse>(&reply, MAX_SYNC_FRAME) {
+            Ok(SyncResponse::Error(message)) => Err(SyncError::Stalled(peer, message)),
+            Ok(response) => Ok(response),
+            Err(err) => Err(SyncError::Invalid(
+                peer,
+                format!("undecodable sync response: {err}"),
+            )),
+        }
+    }
+
+    /// Pulls everything `peer` has that we lack. Returns blocks connected.
+    async fn sync_with(&self, peer: PeerId) -> Result<usize, SyncError> {
+        let mut total = 0usize;
+        loop {
+            let locator = self.chain.locator().await?;
+            let headers = match self
+                .request(peer, &SyncRequest::GetHeaders { locator })
+                .await?
+            {
+                SyncResponse::Headers(headers) => headers,
+                _ => {
+                    return Err(SyncError::Invalid(
+                        peer,
+                        "blocks sent for a headers request".into(),
+                    ))
+                }
+            };
+            let Some(first) = headers.first() else {
+                return Ok(total);
+            };
+            if !self.chain.missing(vec![first.prev]).await?.is_empty() {
+                return Err(SyncError::Invalid(
+                    peer,
+                    "headers do not start on a block we know".into(),
+                ));
+            }
+            let mut hashes = Vec::with_capacity(headers.len());
+            let mut prev = first.prev;
+            for header in &headers {
+                if header.prev != prev {
+                    return Err(SyncError::Invalid(peer, "headers do not link".into()));
+                }
+                let sealed = header.seal();
+                check_proof_of_work(&sealed, &self.params).map_err(|e| {
+                    SyncError::Invalid(peer, format!("header {}: {e}", sealed.hash()))
+                })?;
+                prev = sealed.hash();
+                hashes.push(prev);
+            }
+            let missing = self.chain.missing(hashes).await?;
+            if missing.is_empty() {
+                return Ok(total);
+            }
+            let mut queue: VecDeque<BlockHash> = missing.into();
+            while !queue.is_empty() {
+                let batch: Vec<BlockHash> = queue
+                    .iter()
+                    .take(BODY_BATCH.min(MAX_BLOCKS_PER_REQUEST))
+                    .copied()
+                    .collect();
+                let blocks = match self
+                    .request(
+                        peer,
+                        &SyncRequest::GetBlocks {
+                            hashes: batch.clone(),
+                        },
+                    )
+                    .await?
+                {
+                    SyncResponse::Blocks(blocks) => blocks,
+                    _ => {
+                        return Err(SyncError::Invalid(
+                            peer,
+                            "headers sent for a blocks request".into(),
+                        ))
+                    }
+                };
+                if blocks.is_empty() {
+                    return Err(SyncError::Stalled(
+                        peer,
+                        "no blocks for hashes it announced".into(),
+                    ));
+                }
+                for (block, expected) in blocks.into_iter().zip(batch) {
+                    if block.hash() != expected {
+                        return Err(SyncError::Invalid(
+                            peer,
+                            format!("sent block {} for {expected}", block.hash()),
+                        ));
+                    }
+                    queue.pop_front();
+                    total = total.saturating_add(self.connect(peer, block).await?);
+                }
+            }
+            if headers.len() < MAX_HEADERS {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn connect(&self, peer: PeerId, block: Block) -> Result<usize, SyncError> {
+        match self
+            .chain
+            .submit_block(block, BlockSource::Peer(peer.to_string()))
+            .await
+        {
+            Ok(BlockOutcome::NewTip { .. } | BlockOutcome::SideChain { .. }) => Ok(1),
+            Ok(_) => Ok(0),
+            Err(ServiceError::Chain(err)) if err.is_peer_fault() => {
+                Err(SyncError::Invalid(peer, err.to_string()))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+}

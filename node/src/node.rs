@@ -1,0 +1,344 @@
+//! Wiring: builds the chain task, the network event loop, the sync driver,
+//! the gossip/RPC dispatcher and the miner from a [`NodeConfig`], and stops
+//! them in order.
+//!
+//! [`run`] takes the shutdown signal as an argument (SIGINT/SIGTERM in the
+//! binary, a channel in tests); [`start`] returns a [`RunningNode`] whose
+//! handles tests drive directly. Nothing here makes consensus decisions.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use protocol::{codec, Address, ChainParams};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::chain::{Chain, ChainError, NoTrainingEngine, SharedVerifier};
+use crate::keys::{self, KeyError};
+use crate::mempool::MempoolLimits;
+use crate::miner::{Miner, MinerConfig, MinerStats};
+use crate::net::handlers::{self, Context};
+use crate::net::network::{self, NetError, NetworkClient, NetworkConfig, NetworkEvent, Topic};
+use crate::net::sync::{SyncDriver, SyncTrigger};
+use crate::service::{self, ChainHandle, ChainTask};
+
+/// Most gossip messages being validated at once; more are ignored.
+const MAX_GOSSIP_IN_FLIGHT: usize = 512;
+
+/// File name of the redb store inside the data dir.
+pub const STORE_FILE: &str = "chain.redb";
+
+/// Everything a node needs to start.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// Where the store and the node key live.
+    pub data_dir: PathBuf,
+    /// The chain to follow.
+    pub params: ChainParams,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to stay connected to, with or without a `/p2p/` suffix.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Mine when set: the coinbase pays this address.
+    pub mine: Option<Address>,
+    /// Hashing threads.
+    pub mining_threads: usize,
+    /// Least time between two blocks this node mines.
+    pub mine_interval: Duration,
+    /// Replays training for result transactions.
+    pub verifier: SharedVerifier,
+    /// Mempool caps.
+    pub mempool: MempoolLimits,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("data_dir", &self.data_dir)
+            .field("chain", &self.params.name)
+            .field("listen", &self.listen)
+            .field("bootstrap", &self.bootstrap)
+            .field("mine", &self.mine)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeConfig {
+    /// Defaults for `params` in `data_dir`: listen on all interfaces on the
+    /// default port, no bootstrap, not mining.
+    pub fn new(data_dir: PathBuf, params: ChainParams) -> Self {
+        let mine_interval = if params.name == "regtest" {
+            Duration::from_millis(1000)
+        } else {
+            Duration::ZERO
+        };
+        Self {
+            data_dir,
+            params,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mine: None,
+            mining_threads: 1,
+            mine_interval,
+            verifier: Arc::new(NoTrainingEngine),
+            mempool: MempoolLimits::default(),
+        }
+    }
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data dir could not be created.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The node key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The chain could not be opened.
+    #[error("chain store: {0}")]
+    Chain(#[from] ChainError),
+    /// The network could not start.
+    #[error(transparent)]
+    Network(#[from] NetError),
+    /// A thread or task could not start.
+    #[error("cannot start a task: {0}")]
+    Spawn(String),
+}
+
+/// A started node.
+pub struct RunningNode {
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    chain: ChainHandle,
+    network: NetworkClient,
+    miner_stats: Arc<MinerStats>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    miner: Option<Miner>,
+    chain_task: ChainTask,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("peer_id", &self.peer_id)
+            .field("listen_addrs", &self.listen_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningNode {
+    /// The node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses it listens on, as bound.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// The first listen address with the `/p2p/` suffix, for dialing.
+    pub fn p2p_addr(&self) -> Option<Multiaddr> {
+        self.listen_addrs
+            .first()
+            .map(|addr| addr.clone().with(Protocol::P2p(self.peer_id)))
+    }
+
+    /// The chain task.
+    pub fn chain(&self) -> &ChainHandle {
+        &self.chain
+    }
+
+    /// The network event loop.
+    pub fn network(&self) -> &NetworkClient {
+        &self.network
+    }
+
+    /// Miner counters.
+    pub fn miner_stats(&self) -> &Arc<MinerStats> {
+        &self.miner_stats
+    }
+
+    /// Stops mining, keeping the node running.
+    pub async fn stop_mining(&mut self) {
+        if let Some(miner) = self.miner.take() {
+            miner.stop().await;
+        }
+    }
+
+    /// Stops every task and closes the store.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(miner) = self.miner.take() {
+            miner.stop().await;
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        self.chain_task.stop().await;
+        tracing::info!("node stopped");
+    }
+}
+
+/// Starts a node.
+pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let keypair = keys::node_identity(&config.data_dir)?;
+    let peer_id = keypair.public().to_peer_id();
+    let store_path = config.data_dir.join(STORE_FILE);
+    let params = config.params.clone();
+    let verifier = config.verifier.clone();
+    let limits = config.mempool;
+    let chain =
+        tokio::task::spawn_blocking(move || Chain::open(&store_path, params, verifier, limits))
+            .await
+            .map_err(|e| NodeError::Spawn(e.to_string()))??;
+    tracing::info!(
+        chain = config.params.name,
+        height = chain.height().0,
+        tip = %chain.tip(),
+        %peer_id,
+        "chain loaded"
+    );
+    let (chain, chain_task) = service::spawn(chain).map_err(|e| NodeError::Spawn(e.to_string()))?;
+    let max_gossip = config.params.max_block_bytes.saturating_add(64 * 1024);
+    let (network, event_loop, mut events, listen_addrs) = match network::start(NetworkConfig {
+        keypair,
+        listen: config.listen.clone(),
+        bootstrap: config.bootstrap.clone(),
+        max_gossip_bytes: max_gossip,
+    })
+    .await
+    {
+        Ok(parts) => parts,
+        Err(err) => {
+            chain_task.stop().await;
+            return Err(err.into());
+        }
+    };
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let miner_stats = Arc::new(MinerStats::default());
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(event_loop.run(shutdown_rx.clone())));
+
+    let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
+    let (behind_tx, behind_rx) = mpsc::unbounded_channel();
+    let driver = SyncDriver::new(chain.clone(), network.clone(), config.params.clone());
+    tasks.push(tokio::spawn(driver.run(
+        trigger_rx,
+        behind_rx,
+        shutdown_rx.clone(),
+    )));
+
+    let ctx = Context {
+        chain: chain.clone(),
+        network: network.clone(),
+        params: Arc::new(config.params.clone()),
+        miner: miner_stats.clone(),
+        peer_id,
+        behind: behind_tx,
+    };
+    let in_flight = Arc::new(Semaphore::new(MAX_GOSSIP_IN_FLIGHT));
+    tasks.push(tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                NetworkEvent::PeerReady(peer) => {
+                    let _ = trigger_tx.send(SyncTrigger::PeerReady(peer));
+                }
+                NetworkEvent::PeerGone(peer) => {
+                    let _ = trigger_tx.send(SyncTrigger::PeerGone(peer));
+                }
+                NetworkEvent::Gossip {
+                    topic,
+                    source,
+                    id,
+                    data,
+                } => match in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            handlers::on_gossip(ctx, topic, source, id, data).await;
+                            drop(permit);
+                        });
+                    }
+                    // Too many messages waiting on the chain: drop this one
+                    // unforwarded rather than queue without bound.
+                    Err(_) => ctx.network.report(id, source, MessageAcceptance::Ignore),
+                },
+                NetworkEvent::SyncRequest { peer, ticket, data } => {
+                    tokio::spawn(handlers::on_sync_request(ctx.clone(), peer, ticket, data));
+                }
+                NetworkEvent::RpcRequest { ticket, data } => {
+                    tokio::spawn(handlers::on_rpc_request(ctx.clone(), ticket, data));
+                }
+            }
+        }
+    }));
+
+    let miner = match config.mine {
+        Some(address) => {
+            let (announce, mut announced) = mpsc::unbounded_channel();
+            let gossip = network.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(block) = announced.recv().await {
+                    match codec::encode(&block) {
+                        Ok(bytes) => gossip.publish(Topic::Blocks, bytes),
+                        Err(err) => tracing::error!(reason = %err, "cannot encode a mined block"),
+                    }
+                }
+            }));
+            tracing::info!(%address, threads = config.mining_threads, "mining");
+            Some(
+                Miner::start(
+                    MinerConfig {
+                        threads: config.mining_threads,
+                        address,
+                        min_interval: config.mine_interval,
+                    },
+                    chain.clone(),
+                    miner_stats.clone(),
+                    announce,
+                    shutdown_rx.clone(),
+                )
+                .map_err(|e| NodeError::Spawn(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
+    Ok(RunningNode {
+        peer_id,
+        listen_addrs,
+        chain,
+        network,
+        miner_stats,
+        shutdown,
+        tasks,
+        miner,
+        chain_task,
+    })
+}
+
+/// Runs a node until `shutdown` completes, then stops it cleanly.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let node = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    node.stop().await;
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! The chain task: one OS thread that owns the [`Chain`] (and with it the
+//! store and the mempool), and the cloneable [`ChainHandle`] through which
+//! the miner, the network and the RPC reach it.
+//!
+//! Requests are a command enum answered over oneshot channels; the tip is
+//! published through a `watch` channel. Block validation and redb commits
+//! block, so they run on this dedicated thread and never on the async
+//! executor. Nothing else may own or lock the chain.
+
+use std::thread::JoinHandle;
+
+use protocol::rpc::{BalanceInfo, BlockInfo, BlockRef};
+use protocol::{Address, Block, BlockHash, Header, Height, JobId, JobRecord, SignedTx, TxId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::chain::{BlockOutcome, BlockTemplate, Chain, ChainError, TipSnapshot};
+use crate::mempool::MempoolError;
+
+/// Where a block came from, for logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockSource {
+    /// This node's miner.
+    Mined,
+    /// A peer, by peer id.
+    Peer(String),
+}
+
+/// Why a chain request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The chain task has stopped.
+    #[error("the chain task has stopped")]
+    Stopped,
+    /// The chain refused or failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+/// The largest total size of blocks answered to one request.
+pub const MAX_BLOCKS_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
+
+enum Command {
+    SubmitBlock {
+        block: Box<Block>,
+        source: BlockSource,
+        reply: oneshot::Sender<Result<BlockOutcome, ChainError>>,
+    },
+    SubmitTx {
+        tx: Box<SignedTx>,
+        reply: oneshot::Sender<Result<TxId, MempoolError>>,
+    },
+    Template {
+        miner: Address,
+        reply: oneshot::Sender<Result<BlockTemplate, ChainError>>,
+    },
+    Locator {
+        reply: oneshot::Sender<Vec<BlockHash>>,
+    },
+    HeadersAfter {
+        locator: Vec<BlockHash>,
+        max: usize,
+        reply: oneshot::Sender<Vec<Header>>,
+    },
+    Blocks {
+        hashes: Vec<BlockHash>,
+        reply: oneshot::Sender<Result<Vec<Block>, ChainError>>,
+    },
+    Missing {
+        hashes: Vec<BlockHash>,
+        reply: oneshot::Sender<Vec<BlockHash>>,
+    },
+    Block {
+        which: BlockRef,
+        reply: oneshot::Sender<Result<Option<BlockInfo>, ChainError>>,
+    },
+    Balance {
+        address: Address,
+        reply: oneshot::Sender<BalanceInfo>,
+    },
+    Job {
+        id: JobId,
+        reply: oneshot::Sender<Option<JobRecord>>,
+    },
+    Jobs {
+        open_only: bool,
+        reply: oneshot::Sender<Vec<(JobId, JobRecord)>>,
+    },
+    MempoolIds {
+        reply: oneshot::Sender<Vec<TxId>>,
+    },
+    Shutdown,
+}
+
+/// A cloneable handle to the chain task.
+#[derive(Clone)]
+pub struct ChainHandle {
+    commands: mpsc::Sender<Command>,
+    tip: watch::Receiver<TipSnapshot>,
+}
+
+impl std::fmt::Debug for ChainHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainHandle").finish_non_exhaustive()
+    }
+}
+
+/// The chain task's thread, to join at shutdown.
+#[derive(Debug)]
+pub struct ChainTask {
+    thread: Option<JoinHandle<()>>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl ChainTask {
+    /// Asks the chain task to stop and waits until the store is closed.
+    pub async fn stop(mut self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u32::try_from(d.as_secs()).ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// Starts the chain task on its own thread.
+pub fn spawn(chain: Chain) -> std::io::Result<(ChainHandle, ChainTask)> {
+    let (commands, receiver) = mpsc::channel(1024);
+    let (tip_tx, tip) = watch::channel(chain.snapshot());
+    let thread = std::thread::Builder::new()
+        .name("chain".into())
+        .spawn(move || run_chain(chain, receiver, tip_tx))?;
+    Ok((
+        ChainHandle {
+            commands: commands.clone(),
+            tip,
+        },
+        ChainTask {
+            thread: Some(thread),
+            commands,
+        },
+    ))
+}
+
+fn run_chain(
+    mut chain: Chain,
+    mut receiver: mpsc::Receiver<Command>,
+    tip: watch::Sender<TipSnapshot>,
+) {
+    while let Some(command) = receiver.blocking_recv() {
+        match command {
+            Command::Shutdown => break,
+            Command::SubmitBlock {
+                block,
+                source,
+                reply,
+            } => {
+                let hash = block.hash();
+                let result = chain.process_block(*block, unix_now());
+                log_block(&chain, &source, hash, &result);
+                let _ = reply.send(result);
+            }
+            Command::SubmitTx { tx, reply } => {
+                let _ = reply.send(chain.submit_tx(*tx));
+            }
+            Command::Template { miner, reply } => {
+                let _ = reply.send(chain.template(miner, unix_now()));
+            }
+            Command::Locator { reply } => {
+                let _ = reply.send(chain.locator());
+            }
+            Command::HeadersAfter {
+                locator,
+                max,
+                reply,
+            } => {
+                let _ = reply.send(chain.headers_after(&locator, max));
+            }
+            Command::Blocks { hashes, reply } => {
+                let _ = reply.send(blocks(&chain, &hashes));
+            }
+            Command::Missing { hashes, reply } => {
+                let missing = hashes.into_iter().filter(|h| !chain.has_block(h)).collect();
+                let _ = reply.send(missing);
+            }
+            Command::Block { which, reply } => {
+                let _ = reply.send(block_info(&chain, which));
+            }
+            Command::Balance { address, reply } => {
+                let _ = reply.send(BalanceInfo {
+                    address,
+                    account: chain.state().account(&address),
+                    next_nonce: chain.next_nonce(&address),
+                });
+            }
+            Command::Job { id, reply } => {
+                let _ = reply.send(chain.state().job(&id).cloned());
+            }
+            Command::Jobs { open_only, reply } => {
+                let jobs = chain
+                    .state()
+                    .jobs()
+                    .filter(|(_, job)| !open_only || job.is_open())
+                    .map(|(id, job)| (*id, job.clone()))
+                    .collect();
+                let _ = reply.send(jobs);
+            }
+            Command::MempoolIds { reply } => {
+                let _ = reply.send(chain.mempool().ids());
+            }
+        }
+        let snapshot = chain.snapshot();
+        tip.send_if_modified(|current| {
+            if *current == snapshot {
+                false
+            } else {
+                *current = snapshot;
+                true
+            }
+        });
+    }
+}
+
+fn log_block(
+    chain: &Chain,
+    source: &BlockSource,
+    hash: BlockHash,
+    result: &Result<BlockOutcome, ChainError>,
+) {
+    let peer = match source {
+        BlockSource::Mined => "self".to_owned(),
+        BlockSource::Peer(peer) => peer.clone(),
+    };
+    match result {
+        Ok(BlockOutcome::NewTip {
+            height,
+            hash: tip,
+            txs,
+            reorg,
+        }) => {
+            if let Some(reorg) = reorg {
+                tracing::warn!(
+                    depth = reorg.depth,
+                    old_tip = %reorg.old_tip,
+                    old_height = reorg.old_height.0,
+                    new_tip = %tip,
+                    new_height = height.0,
+                    "reorg: depth {} from {} to {}", reorg.depth, reorg.old_tip, tip
+                );
+            }
+            if matches!(source, BlockSource::Peer(_)) {
+                tracing::info!(height = height.0, hash = %tip, txs, %peer, "new tip from peer");
+            }
+        }
+        Ok(_) => {}
+        Err(err) if err.is_peer_fault() => {
+            tracing::warn!(block = %hash, %peer, reason = %err, "rejected block");
+        }
+        Err(err) => {
+            tracing::error!(block = %hash, %peer, reason = %err, "block not stored");
+        }
+    }
+    let _ = chain;
+}
+
+fn blocks(chain: &Chain, hashes: &[BlockHash]) -> Result<Vec<Block>, ChainError> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for hash in hashes {
+        let Some(block) = chain.block(hash)? else {
+            break;
+        };
+        let size = block.encode().map(|b| b.len()).unwrap_or(0);
+        if !out.is_empty() && bytes.saturating_add(size) > MAX_BLOCKS_RESPONSE_BYTES {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        out.push(block);
+    }
+    Ok(out)
+}
+
+fn block_info(chain: &Chain, which: BlockRef) -> Result<Option<BlockInfo>, ChainError> {
+    let hash = match which {
+        BlockRef::Height(height) => chain.hash_at(height),
+        BlockRef::Hash(hash) => Some(hash),
+    };
+    let Some(hash) = hash else {
+        return Ok(None);
+    };
+    let Some((height, main_chain)) = chain.block_position(&hash) else {
+        return Ok(None);
+    };
+    Ok(chain.block(&hash)?.map(|block| BlockInfo {
+        height,
+        hash,
+        main_chain,
+        block,
+    }))
+}
+
+impl ChainHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ServiceError> {
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| ServiceError::Stopped)?;
+        response.await.map_err(|_| ServiceError::Stopped)
+    }
+
+    /// The latest tip snapshot.
+    pub fn tip(&self) -> TipSnapshot {
+        self.tip.borrow().clone()
+    }
+
+    /// A receiver that wakes on every tip or mempool change.
+    pub fn watch_tip(&self) -> watch::Receiver<TipSnapshot> {
+        self.tip.clone()
+    }
+
+    /// Hands a block to the chain.
+    pub async fn submit_block(
+        &self,
+        block: Block,
+        source: BlockSource,
+    ) -> Result<BlockOutcome, ServiceError> {
+        let block = Box::new(block);
+        Ok(self
+            .call(|reply| Command::SubmitBlock {
+                block,
+                source,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Offers a transaction to the mempool.
+    pub async fn submit_tx(
+        &self,
+        tx: SignedTx,
+    ) -> Result<Result<TxId, MempoolError>, ServiceError> {
+        let tx = Box::new(tx);
+        self.call(|reply| Command::SubmitTx { tx, reply }).await
+    }
+
+    /// A block template paying `miner`.
+    pub async fn template(&self, miner: Address) -> Result<BlockTemplate, ServiceError> {
+        Ok(self
+            .call(|reply| Command::Template { miner, reply })
+            .await??)
+    }
+
+    /// Our block locator.
+    pub async fn locator(&self) -> Result<Vec<BlockHash>, ServiceError> {
+        self.call(|reply| Command::Locator { reply }).await
+    }
+
+    /// Main-chain headers after the locator.
+    pub async fn headers_after(
+        &self,
+        locator: Vec<BlockHash>,
+        max: usize,
+    ) -> Result<Vec<Header>, ServiceError> {
+        self.call(|reply| Command::HeadersAfter {
+            locator,
+            max,
+            reply,
+        })
+        .await
+    }
+
+    /// Stored blocks by hash, in order, stopping at the first unknown one or
+    /// at the response size cap.
+    pub async fn blocks(&self, hashes: Vec<BlockHash>) -> Result<Vec<Block>, ServiceError> {
+        Ok(self
+            .call(|reply| Command::Blocks { hashes, reply })
+            .await??)
+    }
+
+    /// The hashes among `hashes` that are not stored.
+    pub async fn missing(&self, hashes: Vec<BlockHash>) -> Result<Vec<BlockHash>, ServiceError> {
+        self.call(|reply| Command::Missing { hashes, reply }).await
+    }
+
+    /// A block by height or hash.
+    pub async fn block(&self, which: BlockRef) -> Result<Option<BlockInfo>, ServiceError> {
+        Ok(self.call(|reply| Command::Block { which, reply }).await??)
+    }
+
+    /// An account at the tip.
+    pub async fn balance(&self, address: Address) -> Result<BalanceInfo, ServiceError> {
+        self.call(|reply| Command::Balance { address, reply }).await
+    }
+
+    /// A job by id.
+    pub async fn job(&self, id: JobId) -> Result<Option<JobRecord>, ServiceError> {
+        self.call(|reply| Command::Job { id, reply }).await
+    }
+
+    /// All jobs, or the open ones.
+    pub async fn jobs(&self, open_only: bool) -> Result<Vec<(JobId, JobRecord)>, ServiceError> {
+        self.call(|reply| Command::Jobs { open_only, reply }).await
+    }
+
+    /// Ids of the transactions in the mempool.
+    pub async fn mempool_ids(&self) -> Result<Vec<TxId>, ServiceError> {
+        self.call(|reply| Command::MempoolIds { reply }).await
+    }
+
+    /// The main-chain height now.
+    pub fn height(&self) -> Height {
+        self.tip.borrow().height
+    }
+}

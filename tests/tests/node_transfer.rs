@@ -1,0 +1,102 @@
+//! A transfer submitted over the peer RPC to one node is gossiped, mined by
+//! another, and shows in the recipient's balance on every node.
+
+use std::time::Duration;
+
+use node::testkit::{init_test_logging, start_regtest, wait_until};
+use protocol::params::faucet_key;
+use protocol::rpc::{RpcRequest, RpcResponse};
+use protocol::{Address, Amount, ChainParams, TxBody, TxKind};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_rpc_transfer_is_gossiped_mined_and_visible_everywhere() -> anyhow::Result<()> {
+    init_test_logging();
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let miner = start_regtest(
+        dirs[0].path(),
+        vec![],
+        Some((Address([0xa1; 32]), Duration::from_millis(200))),
+    )
+    .await?;
+    let seed = miner
+        .p2p_addr()
+        .ok_or_else(|| anyhow::anyhow!("no listen address"))?;
+    let b = start_regtest(dirs[1].path(), vec![seed.clone()], None).await?;
+    let c = start_regtest(dirs[2].path(), vec![seed], None).await?;
+    wait_until(
+        "both peers connected to the miner",
+        Duration::from_secs(60),
+        || {
+            let peers = miner.network().peer_count();
+            async move { peers >= 2 }
+        },
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+
+    let recipient = Address([0x77; 32]);
+    let params = ChainParams::regtest();
+    let c_addr = c
+        .p2p_addr()
+        .ok_or_else(|| anyhow::anyhow!("no listen address"))?;
+    let nonce = match node::rpc_client::call(
+        &c_addr,
+        &RpcRequest::Balance(params.faucet),
+        Duration::from_secs(30),
+    )
+    .await?
+    {
+        RpcResponse::Balance(info) => info.next_nonce,
+        other => anyhow::bail!("unexpected answer {other:?}"),
+    };
+    let tx = TxBody {
+        from: params.faucet,
+        nonce,
+        fee: Amount(25),
+        kind: TxKind::Transfer {
+            to: recipient,
+            amount: Amount(4_242),
+        },
+    }
+    .sign(&faucet_key(), params.chain_id)?;
+    let expected_id = tx.id()?;
+    match node::rpc_client::call(&c_addr, &RpcRequest::SubmitTx(tx), Duration::from_secs(30))
+        .await?
+    {
+        RpcResponse::TxAccepted(id) => assert_eq!(id, expected_id),
+        other => anyhow::bail!("transfer refused: {other:?}"),
+    }
+
+    for (name, node) in [("miner", &miner), ("b", &b), ("c", &c)] {
+        wait_until(
+            &format!("the transfer visible on {name}"),
+            Duration::from_secs(120),
+            || {
+                let chain = node.chain().clone();
+                async move {
+                    chain
+                        .balance(recipient)
+                        .await
+                        .map(|info| info.account.balance == Amount(4_242))
+                        .unwrap_or(false)
+                }
+            },
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    }
+    // The block that holds it is the same on every node.
+    let on_c = c.chain().balance(params.faucet).await?;
+    let on_miner = miner.chain().balance(params.faucet).await?;
+    assert_eq!(on_c.account.nonce, nonce + 1);
+    assert_eq!(on_miner.account.nonce, nonce + 1);
+
+    c.stop().await;
+    b.stop().await;
+    miner.stop().await;
+    Ok(())
+}
