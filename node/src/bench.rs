@@ -1,6 +1,6 @@
-//! The benchmarks behind `gradchain-node bench`: `hash` (the miner's
-//! midstate hashing against a naive double SHA-256 of the whole header, on
-//! the same threads in the same run), `sync` (a fresh node syncing blocks
+//! The benchmarks behind `gradchain-node bench`: `hash` (the miner's nonce
+//! scanner and the `sha2` crate's midstate path against a naive double
+//! SHA-256 of the whole header, on the same threads in the same run), `sync` (a fresh node syncing blocks
 //! full of transfers, next to the source node's own validate-and-store
 //! rate) and `gossip` (publish-to-last-node latency over four local nodes).
 //!
@@ -12,27 +12,42 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::{sha256d, BlockHash, Header, HEADER_SIZE, NONCE_OFFSET};
+use protocol::{sha256d, BlockHash, Header, Target, HEADER_SIZE, NONCE_OFFSET};
 
-/// Hashes per second of both methods.
+use crate::nonce_scan::{Kernel, NonceScanner};
+
+/// Hashes per second of each method.
 #[derive(Clone, Copy, Debug)]
 pub struct HashBench {
     /// Threads used.
     pub threads: usize,
-    /// The miner's midstate path, hashes per second.
+    /// The `sha2` crate from the header midstate, hashes per second.
     pub midstate: f64,
     /// `sha256d` of the full 116-byte header, hashes per second.
     pub naive: f64,
+    /// The miner's nonce scanner, hashes per second.
+    pub miner: f64,
+    /// Which kernel the miner's scanner runs on this CPU.
+    pub kernel: Kernel,
 }
 
 impl HashBench {
     /// Midstate over naive.
     pub fn ratio(&self) -> f64 {
-        if self.naive > 0.0 {
-            self.midstate / self.naive
-        } else {
-            0.0
-        }
+        ratio(self.midstate, self.naive)
+    }
+
+    /// The miner's scanner over naive.
+    pub fn miner_ratio(&self) -> f64 {
+        ratio(self.miner, self.naive)
+    }
+}
+
+fn ratio(value: f64, baseline: f64) -> f64 {
+    if baseline > 0.0 {
+        value / baseline
+    } else {
+        0.0
     }
 }
 
@@ -91,6 +106,19 @@ fn midstate_worker(seed: u64, stop: &AtomicBool) -> u64 {
     count
 }
 
+fn miner_worker(seed: u64, stop: &AtomicBool) -> u64 {
+    // A zero target is never met, so every nonce is hashed and compared.
+    let mut scanner = NonceScanner::new(&sample_header(), &Target::default());
+    let mut count = 0u64;
+    let mut nonce = seed;
+    while !stop.load(Ordering::Relaxed) {
+        std::hint::black_box(scanner.scan(nonce, 4096));
+        nonce = nonce.wrapping_add(4096);
+        count = count.wrapping_add(4096);
+    }
+    count
+}
+
 fn naive_worker(seed: u64, stop: &AtomicBool) -> u64 {
     let mut bytes: [u8; HEADER_SIZE] = sample_header().to_bytes();
     let mut count = 0u64;
@@ -111,15 +139,18 @@ fn naive_worker(seed: u64, stop: &AtomicBool) -> u64 {
     count
 }
 
-/// Runs both measurements for `duration` each on `threads` threads.
+/// Runs the three measurements for `duration` each on `threads` threads.
 pub fn bench_hash(threads: usize, duration: Duration) -> HashBench {
     let threads = threads.max(1);
     let naive = measure(threads, duration, naive_worker);
     let midstate = measure(threads, duration, midstate_worker);
+    let miner = measure(threads, duration, miner_worker);
     HashBench {
         threads,
         midstate,
         naive,
+        miner,
+        kernel: Kernel::detect(),
     }
 }
 

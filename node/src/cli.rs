@@ -308,7 +308,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 result.midstate / 1e6,
                 result.midstate / 1e6 / result.threads as f64
             );
+            println!(
+                "miner {:<9}{:>8.2} MH/s  ({:.2} MH/s per thread)",
+                result.kernel.name(),
+                result.miner / 1e6,
+                result.miner / 1e6 / result.threads as f64
+            );
             println!("ratio midstate/naive  {:.2}x", result.ratio());
+            println!("ratio miner/naive     {:.2}x", result.miner_ratio());
             Ok(())
         }
         Command::Bench {

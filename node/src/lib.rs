@@ -17,6 +17,7 @@ pub mod mempool;
 pub mod miner;
 pub mod net;
 pub mod node;
+pub mod nonce_scan;
 pub mod rpc_client;
 pub mod service;
 pub mod store;

@@ -12,10 +12,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use protocol::pow::Target;
-use protocol::{Address, Block, BlockHash};
+use protocol::{Address, Block};
 use tokio::sync::{mpsc, watch};
 
 use crate::chain::{BlockOutcome, BlockTemplate};
+use crate::nonce_scan::NonceScanner;
 use crate::service::{BlockSource, ChainHandle};
 
 /// Nonces hashed between two checks of the cancel flag.
@@ -105,20 +106,17 @@ fn hash_thread(
                 continue;
             }
         };
-        let mut hasher = work.header.hasher();
+        let mut scanner = NonceScanner::new(&work.header, &work.target);
         // Threads split the nonce space by their top bits.
         let mut nonce = index.checked_shl(56).unwrap_or(0) | u64::from(rand::random::<u32>());
-        'scan: loop {
-            for _ in 0..BATCH {
-                let hash = hasher.hash_with_nonce(nonce);
-                if work.target.is_met_by(&BlockHash(hash)) {
-                    let _ = found.send((work.generation, nonce));
-                    done_generation = Some(work.generation);
-                    stats.hashes.fetch_add(BATCH, Ordering::Relaxed);
-                    break 'scan;
-                }
-                nonce = nonce.wrapping_add(1);
+        loop {
+            if let Some(winner) = scanner.scan(nonce, BATCH) {
+                let _ = found.send((work.generation, winner));
+                done_generation = Some(work.generation);
+                stats.hashes.fetch_add(BATCH, Ordering::Relaxed);
+                break;
             }
+            nonce = nonce.wrapping_add(BATCH);
             stats.hashes.fetch_add(BATCH, Ordering::Relaxed);
             if shared.generation.load(Ordering::Relaxed) != work.generation
                 || shared.stop.load(Ordering::Relaxed)

@@ -50,6 +50,12 @@ fn bench_hash_prints_both_rates_and_the_ratio() {
         .and_then(|r| r.trim().trim_end_matches('x').parse::<f64>().ok())
         .expect("a ratio line");
     assert!(ratio > 0.0, "{stdout}");
+    let miner = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ratio miner/naive"))
+        .and_then(|r| r.trim().trim_end_matches('x').parse::<f64>().ok())
+        .expect("a miner ratio line");
+    assert!(miner > 0.0, "{stdout}");
     let bad = node_cli(&["bench", "hash", "--seconds", "0"]);
     assert!(!bad.status.success());
 }
