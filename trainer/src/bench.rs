@@ -13,9 +13,9 @@ use candle_nn::{Module, Optimizer as _};
 use protocol::{F32Bits, Optimizer};
 
 use crate::model::{Mlp, ModelError};
-use crate::ops::CrossEntropy;
 use crate::optim::OptimizerState;
 use crate::rng::SplitMix64;
+use crate::step::{BatchTargets, StepWorkspace};
 
 /// A classification job to time: data, layer widths, batch size, steps.
 #[derive(Clone, Debug)]
@@ -73,17 +73,24 @@ impl BenchJob {
         self.labels.len()
     }
 
-    /// Batch `i` (cycling through the data) as tensors.
-    fn batch_tensors(&self, i: usize) -> Result<(Tensor, Tensor), ModelError> {
+    /// Batch `i` (cycling through the data): features and labels.
+    fn batch_slices(&self, i: usize) -> (&[f32], &[u32]) {
         let f = self.features();
         let batches = (self.rows() / self.batch).max(1);
         let start = (i % batches) * self.batch;
         let end = (start + self.batch).min(self.rows());
         let x = self.x.get(start * f..end * f).unwrap_or_default();
         let y = self.labels.get(start..end).unwrap_or_default();
+        (x, y)
+    }
+
+    /// Batch `i` (cycling through the data) as tensors.
+    fn batch_tensors(&self, i: usize) -> Result<(Tensor, Tensor), ModelError> {
+        let (x, y) = self.batch_slices(i);
+        let (rows, f) = (y.len(), self.features());
         Ok((
-            Tensor::from_slice(x, (end - start, f), &Device::Cpu)?,
-            Tensor::from_slice(y, end - start, &Device::Cpu)?,
+            Tensor::from_slice(x, (rows, f), &Device::Cpu)?,
+            Tensor::from_slice(y, rows, &Device::Cpu)?,
         ))
     }
 }
@@ -107,11 +114,11 @@ pub fn time_reproducible(job: &BenchJob) -> Result<f64, ModelError> {
         .collect();
     let mut optimizer = OptimizerState::new(&adam(), &sizes);
     let params: Vec<&Var> = mlp.named_params().into_iter().map(|(_, v)| v).collect();
+    let mut workspace = StepWorkspace::new();
     let mut step = |i: usize| -> Result<(), ModelError> {
-        let (x, y) = job.batch_tensors(i)?;
-        let loss = mlp.forward(&x)?.apply_op2(&y, CrossEntropy)?;
-        let grads = loss.backward()?;
-        optimizer.step(&params, &grads)?;
+        let (x, y) = job.batch_slices(i);
+        workspace.gradients(&mlp, x, y.len(), BatchTargets::Labels(y), None)?;
+        optimizer.step_slices(&params, &workspace.named_grads(&mlp))?;
         Ok(())
     };
     for i in 0..WARMUP_STEPS {

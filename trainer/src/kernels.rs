@@ -6,7 +6,10 @@
 //! feature set and thread count. The matrix product therefore accumulates
 //! each element as `((0 + a0*b0) + a1*b1) + ...` in `k` order, with a
 //! separate multiply and add. Vector instructions are used only *across*
-//! independent output elements, so SSE and AVX give the same bits. This
+//! independent output elements, so SSE, AVX and AVX-512 give the same bits:
+//! the explicit AVX and AVX-512 tiles (chosen at run time, in the one
+//! module allowed `unsafe`) issue `vmulps` then `vaddps` per step, exactly
+//! the operations of the portable tile they are tested against. This
 //! module must never call `mul_add`, a platform math function, or a library
 //! kernel (gemm, BLAS) whose accumulation order depends on the CPU, and must
 //! never split one element's sum across threads.
@@ -157,6 +160,15 @@ impl<'a> MatRef<'a> {
 
 /// `a · b` as a new row-major `a.rows × b.cols` buffer.
 pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Result<Vec<f32>, KernelError> {
+    let mut out = Vec::new();
+    matmul_into(a, b, &mut out)?;
+    Ok(out)
+}
+
+/// `a · b` into `out`, resized to `a.rows × b.cols` (row-major). Every
+/// element is overwritten, so a buffer reused from an earlier step needs no
+/// clearing and, once grown, no allocation.
+pub fn matmul_into(a: MatRef<'_>, b: MatRef<'_>, out: &mut Vec<f32>) -> Result<(), KernelError> {
     if a.cols != b.rows {
         return Err(KernelError::Shape {
             what: "inner dimension of a matrix product",
@@ -164,48 +176,292 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Result<Vec<f32>, KernelError> {
             expected: a.cols,
         });
     }
-    let mut out = vec![0.0f32; a.rows * b.cols];
+    out.resize(a.rows * b.cols, 0.0);
     if !out.is_empty() {
-        dispatch(a, b, &mut out);
+        dispatch(a, b, out);
     }
-    Ok(out)
+    Ok(())
 }
 
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn dispatch(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU was just checked to support AVX, the only feature
-        // `matmul_avx` is compiled for.
-        unsafe { matmul_avx(a, b, out) }
-    } else {
-        matmul_tiles::<4, 8>(a, b, out);
-    }
+/// The tile loops a CPU can run, fastest first. All of them give the same
+/// bits; they differ only in how many independent output elements advance
+/// together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TilePath {
+    /// 8 rows × 32 columns in 512-bit registers (AVX-512F).
+    Avx512,
+    /// 6 rows × 16 columns in 256-bit registers (AVX).
+    Avx,
+    /// 4 rows × 8 columns in plain arrays, vectorised by the compiler for
+    /// the build's baseline (SSE2 on x86-64).
+    Baseline,
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn dispatch(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
-    matmul_tiles::<4, 8>(a, b, out);
+impl TilePath {
+    /// The fastest path this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx") {
+                return Self::Avx;
+            }
+        }
+        Self::Baseline
+    }
+
+    /// Every path this CPU supports (for tests that compare them).
+    pub fn available() -> Vec<Self> {
+        let best = Self::detect();
+        [Self::Avx512, Self::Avx, Self::Baseline]
+            .into_iter()
+            .filter(|p| *p as u8 >= best as u8)
+            .collect()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Avx512 => "avx512 8x32",
+            Self::Avx => "avx 6x16",
+            Self::Baseline => "baseline 4x8",
+        }
+    }
 }
 
 /// Which tile loop this CPU runs, for logs (the result is the same for all).
 pub fn kernel_name() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        return "avx 8x8";
-    }
-    "baseline 4x8"
+    TilePath::detect().name()
 }
 
-/// The same tile loop compiled with 256-bit vectors. Only the tile size and
-/// vector width differ from the baseline path; each element still sees the
-/// same multiplies and adds in the same order. "fma" is deliberately not
-/// enabled (LLVM would not contract anyway, but there is no reason to allow
-/// the instruction in this function).
+fn dispatch(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+    matmul_on(TilePath::detect(), a, b, out);
+}
+
+/// `a · b` into `out` on a given path; a path the CPU lacks falls back to
+/// the baseline (same bits, only slower).
+fn matmul_on(path: TilePath, a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let done = match path {
+            TilePath::Avx512 => simd::matmul_avx512(a, b, out),
+            TilePath::Avx => simd::matmul_avx(a, b, out),
+            TilePath::Baseline => false,
+        };
+        if done {
+            return;
+        }
+    }
+    let _ = path;
+    matmul_tiles::<4, 8>(a, b, out, tile_portable::<4, 8>);
+}
+
+/// Runs `f`, inlined into a function compiled for the widest vector unit
+/// this CPU has, so that an elementwise loop inside it can use 512- or
+/// 256-bit vectors. Only for loops whose elements are independent and each
+/// see a fixed sequence of correctly rounded operations (add, multiply,
+/// divide, sqrt): the width changes how many elements advance together,
+/// never what happens to one. The compiler never fuses a multiply and an add
+/// on its own, whatever the target features.
+pub(crate) fn with_wide_vectors<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd::with_wide_vectors(f)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        f()
+    }
+}
+
+/// One `MR × NR` tile in plain arrays: `acc[r][c] += a[r] * b[c]` for every
+/// step in order. The reference for the vector tiles, which must perform
+/// exactly these operations.
+#[inline(always)]
+fn tile_portable<const MR: usize, const NR: usize>(
+    a_steps: &[[f32; MR]],
+    b_steps: &[[f32; NR]],
+) -> [[f32; NR]; MR] {
+    let mut acc = [[0.0f32; NR]; MR];
+    for (a_step, b_step) in a_steps.iter().zip(b_steps) {
+        for r in 0..MR {
+            let av = a_step[r];
+            for c in 0..NR {
+                acc[r][c] += av * b_step[c];
+            }
+        }
+    }
+    acc
+}
+
+/// The explicit vector tiles. Each lane of each accumulator is one output
+/// element; it starts at +0.0 and gets `acc + a*b` per step with a separate
+/// multiply and add (`vmulps` then `vaddps`, never `vfmadd`), exactly the
+/// operations of [`tile_portable`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-fn matmul_avx(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
-    matmul_tiles::<8, 8>(a, b, out);
+#[allow(unsafe_code)]
+mod simd {
+    use super::MatRef;
+    use core::arch::x86_64::{
+        __m256, __m512, _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps,
+        _mm256_setzero_ps, _mm256_storeu_ps, _mm512_add_ps, _mm512_loadu_ps, _mm512_mul_ps,
+        _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+
+    /// `a · b` on the AVX-512 tiles; false (nothing written) when the CPU
+    /// lacks AVX-512F.
+    pub(super) fn matmul_avx512(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) -> bool {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return false;
+        }
+        // SAFETY: the CPU was just checked to support AVX-512F, the only
+        // feature `avx512_tiles` is compiled for.
+        unsafe { avx512_tiles(a, b, out) };
+        true
+    }
+
+    /// `a · b` on the AVX tiles; false (nothing written) when the CPU lacks
+    /// AVX.
+    pub(super) fn matmul_avx(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) -> bool {
+        if !std::arch::is_x86_feature_detected!("avx") {
+            return false;
+        }
+        // SAFETY: the CPU was just checked to support AVX, the only feature
+        // `avx_tiles` is compiled for.
+        unsafe { avx_tiles(a, b, out) };
+        true
+    }
+
+    /// See [`super::with_wide_vectors`].
+    pub(super) fn with_wide_vectors<R>(f: impl FnOnce() -> R) -> R {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU was just checked to support AVX-512F, the only
+            // feature `call_avx512` is compiled for.
+            unsafe { call_avx512(f) }
+        } else if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU was just checked to support AVX, the only
+            // feature `call_avx` is compiled for.
+            unsafe { call_avx(f) }
+        } else {
+            f()
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn call_avx512<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    #[target_feature(enable = "avx")]
+    fn call_avx<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn avx512_tiles(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+        // A product at most 16 wide (a classifier's logits) would waste
+        // most of a 32-wide tile on padding.
+        if b.cols() <= 16 {
+            super::matmul_tiles::<8, 16>(a, b, out, |a_steps, b_steps| {
+                tile_512::<8, 16, 1>(a_steps, b_steps)
+            });
+        } else {
+            super::matmul_tiles::<8, 32>(a, b, out, |a_steps, b_steps| {
+                tile_512::<8, 32, 2>(a_steps, b_steps)
+            });
+        }
+    }
+
+    #[target_feature(enable = "avx")]
+    fn avx_tiles(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+        super::matmul_tiles::<6, 16>(a, b, out, |a_steps, b_steps| tile_256(a_steps, b_steps));
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load_512(v: &[f32; 16]) -> __m512 {
+        // SAFETY: `v` is 16 readable f32s; the load has no alignment need.
+        unsafe { _mm512_loadu_ps(v.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn store_512(dst: &mut [f32; 16], v: __m512) {
+        // SAFETY: `dst` is 16 writable f32s; the store has no alignment need.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn load_256(v: &[f32; 8]) -> __m256 {
+        // SAFETY: `v` is 8 readable f32s; the load has no alignment need.
+        unsafe { _mm256_loadu_ps(v.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn store_256(dst: &mut [f32; 8], v: __m256) {
+        // SAFETY: `dst` is 8 writable f32s; the store has no alignment need.
+        unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) }
+    }
+
+    /// `MR × NR` accumulators in `NV·MR` zmm registers (`NR = 16·NV`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn tile_512<const MR: usize, const NR: usize, const NV: usize>(
+        a_steps: &[[f32; MR]],
+        b_steps: &[[f32; NR]],
+    ) -> [[f32; NR]; MR] {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for (a_step, b_step) in a_steps.iter().zip(b_steps) {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, chunk) in bv.iter_mut().zip(b_step.as_chunks::<16>().0) {
+                *v = load_512(chunk);
+            }
+            for (acc_row, av) in acc.iter_mut().zip(a_step) {
+                let av = _mm512_set1_ps(*av);
+                for (acc_v, b_v) in acc_row.iter_mut().zip(&bv) {
+                    *acc_v = _mm512_add_ps(*acc_v, _mm512_mul_ps(av, *b_v));
+                }
+            }
+        }
+        let mut out = [[0.0f32; NR]; MR];
+        for (row, acc_row) in out.iter_mut().zip(&acc) {
+            let (chunks, _) = row.as_chunks_mut::<16>();
+            for (chunk, v) in chunks.iter_mut().zip(acc_row) {
+                store_512(chunk, *v);
+            }
+        }
+        out
+    }
+
+    /// `MR × 16` accumulators in `2·MR` ymm registers.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn tile_256<const MR: usize>(a_steps: &[[f32; MR]], b_steps: &[[f32; 16]]) -> [[f32; 16]; MR] {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        for (a_step, b_step) in a_steps.iter().zip(b_steps) {
+            let (halves, _) = b_step.as_chunks::<8>();
+            let (Some(lo), Some(hi)) = (halves.first(), halves.get(1)) else {
+                continue;
+            };
+            let (b0, b1) = (load_256(lo), load_256(hi));
+            for (acc_row, av) in acc.iter_mut().zip(a_step) {
+                let av = _mm256_set1_ps(*av);
+                acc_row[0] = _mm256_add_ps(acc_row[0], _mm256_mul_ps(av, b0));
+                acc_row[1] = _mm256_add_ps(acc_row[1], _mm256_mul_ps(av, b1));
+            }
+        }
+        let mut out = [[0.0f32; 16]; MR];
+        for (row, acc_row) in out.iter_mut().zip(&acc) {
+            let (halves, _) = row.as_chunks_mut::<8>();
+            for (half, v) in halves.iter_mut().zip(acc_row) {
+                store_256(half, *v);
+            }
+        }
+        out
+    }
 }
 
 thread_local! {
@@ -217,13 +473,18 @@ thread_local! {
 /// Copies `a` into panels of `MR` rows laid out `[panel][p][r]`, so that the
 /// `MR` values one step of the tile loop needs are adjacent. Rows past the
 /// end are zero.
+#[inline(always)]
 fn pack_rows<const MR: usize>(a: &MatRef<'_>, packed: &mut Vec<f32>) {
     let (m, k) = (a.rows, a.cols);
-    packed.clear();
+    // Full panels are overwritten below, so the buffer is not cleared; only
+    // the padding rows of a short last panel must be zero.
     packed.resize(m.div_ceil(MR) * k * MR, 0.0);
     for (panel, dst) in packed.chunks_exact_mut(k * MR).enumerate() {
         let i0 = panel * MR;
         let rows = MR.min(m - i0);
+        if rows < MR {
+            dst.fill(0.0);
+        }
         if a.row_stride == 1 && rows == MR {
             // A transposed view: the MR values of step p are contiguous.
             let (steps, _) = dst.as_chunks_mut::<MR>();
@@ -244,6 +505,44 @@ fn pack_rows<const MR: usize>(a: &MatRef<'_>, packed: &mut Vec<f32>) {
                     step.copy_from_slice(src);
                 }
             }
+        } else if a.col_stride == 1 {
+            // Row-major rows: read the panel's rows side by side so that
+            // both the reads and the writes run forwards.
+            let panel_rows: [&[f32]; MR] = std::array::from_fn(|r| {
+                let start = a.offset + (i0 + r) * a.row_stride;
+                if r < rows {
+                    a.data.get(start..start + k).unwrap_or_default()
+                } else {
+                    &[]
+                }
+            });
+            let (steps, _) = dst.as_chunks_mut::<MR>();
+            // Blocks of eight steps as fixed-size transposes (no per-element
+            // bounds checks), then the remainder one element at a time.
+            let mut blocks = steps.chunks_exact_mut(8);
+            for (block, out) in (&mut blocks).enumerate() {
+                let p0 = block * 8;
+                let src: [[f32; 8]; MR] = std::array::from_fn(|r| {
+                    panel_rows[r]
+                        .get(p0..p0 + 8)
+                        .and_then(|s| s.first_chunk::<8>())
+                        .copied()
+                        .unwrap_or([0.0; 8])
+                });
+                for (q, step) in out.iter_mut().enumerate() {
+                    for (slot, row) in step.iter_mut().zip(&src) {
+                        *slot = row[q];
+                    }
+                }
+            }
+            let done = k - blocks.into_remainder().len();
+            for (p, step) in steps.iter_mut().enumerate().skip(done) {
+                for (slot, row) in step.iter_mut().zip(&panel_rows) {
+                    if let Some(v) = row.get(p) {
+                        *slot = *v;
+                    }
+                }
+            }
         } else {
             for r in 0..rows {
                 let row_start = a.offset + (i0 + r) * a.row_stride;
@@ -262,6 +561,7 @@ fn pack_rows<const MR: usize>(a: &MatRef<'_>, packed: &mut Vec<f32>) {
 /// Copies columns `j0..j0 + width` of `b` into `[p][c]` rows of `NR`
 /// (columns past `width` keep whatever they held: their results are
 /// discarded).
+#[inline(always)]
 fn pack_columns<const NR: usize>(b: &MatRef<'_>, j0: usize, width: usize, packed: &mut [f32]) {
     if b.col_stride == 1 && width == NR {
         // The common case, as fixed-size copies (a memcpy call per row of
@@ -306,7 +606,12 @@ fn pack_columns<const NR: usize>(b: &MatRef<'_>, j0: usize, width: usize, packed
 /// panels and discarding the padded results: padding never enters a kept
 /// element's chain.
 #[inline(always)]
-fn matmul_tiles<const MR: usize, const NR: usize>(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+fn matmul_tiles<const MR: usize, const NR: usize>(
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    out: &mut [f32],
+    tile: impl Fn(&[[f32; MR]], &[[f32; NR]]) -> [[f32; NR]; MR],
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     SCRATCH.with_borrow_mut(|(a_packed, b_packed)| {
         pack_rows::<MR>(&a, a_packed);
@@ -318,19 +623,19 @@ fn matmul_tiles<const MR: usize, const NR: usize>(a: MatRef<'_>, b: MatRef<'_>, 
             let (b_steps, _) = b_packed.as_chunks::<NR>();
             for (panel, a_panel) in a_packed.chunks_exact(k * MR).enumerate() {
                 let (a_steps, _) = a_panel.as_chunks::<MR>();
-                let mut acc = [[0.0f32; NR]; MR];
-                for (a_step, b_step) in a_steps.iter().zip(b_steps) {
-                    for r in 0..MR {
-                        let av = a_step[r];
-                        for c in 0..NR {
-                            acc[r][c] += av * b_step[c];
-                        }
-                    }
-                }
+                let acc = tile(a_steps, b_steps);
                 let i0 = panel * MR;
                 for (r, acc_row) in acc.iter().enumerate().take(m.saturating_sub(i0)) {
                     let start = (i0 + r) * n + j0;
-                    if let (Some(dst), Some(src)) =
+                    if width == NR {
+                        // A fixed-size copy, not a memcpy call per row.
+                        if let Some(dst) = out
+                            .get_mut(start..start + NR)
+                            .and_then(|d| d.first_chunk_mut::<NR>())
+                        {
+                            *dst = *acc_row;
+                        }
+                    } else if let (Some(dst), Some(src)) =
                         (out.get_mut(start..start + width), acc_row.get(..width))
                     {
                         dst.copy_from_slice(src);
@@ -344,16 +649,23 @@ fn matmul_tiles<const MR: usize, const NR: usize>(a: MatRef<'_>, b: MatRef<'_>, 
 /// Sum of each column of a row-major `rows × cols` matrix, rows added in
 /// order (vectorised across columns only).
 pub fn column_sums(data: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; cols];
+    let mut out = Vec::new();
+    column_sums_into(data, cols, &mut out);
+    out
+}
+
+/// [`column_sums`] into a reused buffer.
+pub fn column_sums_into(data: &[f32], cols: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(cols, 0.0);
     if cols == 0 {
-        return out;
+        return;
     }
     for row in data.chunks_exact(cols) {
         for (o, v) in out.iter_mut().zip(row) {
             *o += *v;
         }
     }
-    out
 }
 
 /// Adds `bias` to every row of a row-major matrix.
@@ -407,6 +719,8 @@ mod tests {
             (13, 64, 33),
             (6, 3, 16),
             (130, 20, 10),
+            (17, 40, 70),
+            (9, 1, 33),
         ] {
             let a = random(m * k, 1);
             let b = random(k * n, 2);
@@ -415,18 +729,31 @@ mod tests {
             let bm = MatRef::row_major(&b, k, n).unwrap();
             let got = matmul(am, bm).unwrap();
             assert_eq!(bits(&got), bits(&want), "{m}x{k}x{n}");
-            let mut narrow = vec![0.0; m * n];
-            matmul_tiles::<4, 8>(am, bm, &mut narrow);
-            assert_eq!(bits(&narrow), bits(&want), "sse tiles {m}x{k}x{n}");
+            for path in TilePath::available() {
+                let mut c = vec![0.0; m * n];
+                matmul_on(path, am, bm, &mut c);
+                assert_eq!(bits(&c), bits(&want), "{path:?} {m}x{k}x{n}");
+                // Transposed operands take the other packing branches.
+                let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
+                let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
+                let mut c = vec![0.0; m * n];
+                matmul_on(
+                    path,
+                    MatRef::row_major(&at, k, m).unwrap().t(),
+                    MatRef::row_major(&bt, n, k).unwrap().t(),
+                    &mut c,
+                );
+                assert_eq!(bits(&c), bits(&want), "{path:?} transposed {m}x{k}x{n}");
+            }
             for (mr, nr, got) in [
                 (6, 16, {
                     let mut c = vec![0.0; m * n];
-                    matmul_tiles::<6, 16>(am, bm, &mut c);
+                    matmul_tiles::<6, 16>(am, bm, &mut c, tile_portable::<6, 16>);
                     c
                 }),
-                (8, 8, {
+                (8, 32, {
                     let mut c = vec![0.0; m * n];
-                    matmul_tiles::<8, 8>(am, bm, &mut c);
+                    matmul_tiles::<8, 32>(am, bm, &mut c, tile_portable::<8, 32>);
                     c
                 }),
             ] {

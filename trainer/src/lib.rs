@@ -5,9 +5,11 @@
 //! node replays the training and must get the same bits. So everything here
 //! is deterministic in the job spec, the dataset blob and the seed, on any
 //! x86-64 CPU, thread count, build profile and `-C target-cpu`: candle
-//! tensors and autograd carry the computation, and every operator whose
-//! stock implementation depends on the machine is replaced by a custom op
-//! with a fixed order of IEEE operations ([`ops`], [`kernels`]). This crate
+//! tensors hold the parameters, every operator whose stock implementation
+//! depends on the machine is replaced by a custom op with a fixed order of
+//! IEEE operations ([`ops`], [`kernels`]), and the training step runs those
+//! ops' forward and backward passes fused over reused buffers ([`step`]),
+//! bit for bit what candle autograd over the ops gives. This crate
 //! must never talk to a node directly (that goes through the peer RPC) and
 //! never let time, threads or the environment reach a result.
 
@@ -20,6 +22,7 @@ pub mod optim;
 pub mod prep;
 pub mod rng;
 pub mod settings;
+pub mod step;
 pub mod train;
 pub mod verify;
 

@@ -153,14 +153,29 @@ impl Mlp {
     /// Every parameter with its name, sorted by name: the order of the
     /// digest, of checkpoints and of optimizer state.
     pub fn named_params(&self) -> Vec<(String, &Var)> {
-        let mut named: Vec<(String, &Var)> = self
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| {
+        self.named_slots()
+            .into_iter()
+            .filter_map(|(name, layer, is_bias)| {
+                let layer = self.layers.get(layer)?;
+                Some((name, if is_bias { &layer.bias } else { &layer.weight }))
+            })
+            .collect()
+    }
+
+    /// `(layer, is_bias)` of each parameter in [`Self::named_params`] order.
+    pub fn named_param_slots(&self) -> Vec<(usize, bool)> {
+        self.named_slots()
+            .into_iter()
+            .map(|(_, layer, is_bias)| (layer, is_bias))
+            .collect()
+    }
+
+    fn named_slots(&self) -> Vec<(String, usize, bool)> {
+        let mut named: Vec<(String, usize, bool)> = (0..self.layers.len())
+            .flat_map(|i| {
                 [
-                    (format!("layers.{i}.weight"), &l.weight),
-                    (format!("layers.{i}.bias"), &l.bias),
+                    (format!("layers.{i}.weight"), i, false),
+                    (format!("layers.{i}.bias"), i, true),
                 ]
             })
             .collect();

@@ -220,6 +220,86 @@ fn row_softmax_parts(row: &[f32]) -> (f32, f32, f32) {
     (max, sum_exp, libm::logf(sum_exp))
 }
 
+/// Mean softmax cross-entropy of row-major `logits` (`cols` classes)
+/// against one label per row (checked by the caller): the value of
+/// [`CrossEntropy`] and of the fused training step.
+pub(crate) fn cross_entropy_loss(logits: &[f32], cols: usize, labels: &[u32]) -> f32 {
+    let total = kernels::sum(
+        logits
+            .chunks_exact(cols.max(1))
+            .zip(labels)
+            .map(|(row, label)| {
+                let (max, _, log_sum) = row_softmax_parts(row);
+                let picked = row.get(*label as usize).copied().unwrap_or(0.0);
+                log_sum - (picked - max)
+            }),
+    );
+    total / labels.len().max(1) as f32
+}
+
+/// `scale · (softmax(z) − onehot(label))` per element into `out`: the
+/// gradient of [`cross_entropy_loss`] when `scale` is the upstream gradient
+/// over the row count.
+pub(crate) fn cross_entropy_grad(
+    logits: &[f32],
+    cols: usize,
+    labels: &[u32],
+    scale: f32,
+    out: &mut Vec<f32>,
+) {
+    out.clear();
+    for (row, label) in logits.chunks_exact(cols.max(1)).zip(labels) {
+        let (max, sum_exp, _) = row_softmax_parts(row);
+        for (j, v) in row.iter().enumerate() {
+            let p = libm::expf(*v - max) / sum_exp;
+            let d = if j == *label as usize { p - 1.0 } else { p };
+            out.push(d * scale);
+        }
+    }
+}
+
+/// [`cross_entropy_loss`] and [`cross_entropy_grad`] in one pass: each
+/// `expf` is computed once and used for the row's sum, its loss term and its
+/// gradient, the same values the two separate passes compute.
+pub(crate) fn cross_entropy_loss_and_grad(
+    logits: &[f32],
+    cols: usize,
+    labels: &[u32],
+    scale: f32,
+    out: &mut Vec<f32>,
+) -> f32 {
+    out.clear();
+    let mut terms = Vec::with_capacity(labels.len());
+    for (row, label) in logits.chunks_exact(cols.max(1)).zip(labels) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let start = out.len();
+        out.extend(row.iter().map(|z| libm::expf(*z - max)));
+        let exps = out.get(start..).unwrap_or_default();
+        let sum_exp = kernels::sum(exps.iter().copied());
+        let picked = row.get(*label as usize).copied().unwrap_or(0.0);
+        terms.push(libm::logf(sum_exp) - (picked - max));
+        for (j, e) in out.iter_mut().skip(start).enumerate() {
+            let p = *e / sum_exp;
+            let d = if j == *label as usize { p - 1.0 } else { p };
+            *e = d * scale;
+        }
+    }
+    kernels::sum(terms) / labels.len().max(1) as f32
+}
+
+/// Mean squared error of predictions against targets of the same length.
+pub(crate) fn mse_loss(pred: &[f32], target: &[f32]) -> f32 {
+    let total = kernels::sum(pred.iter().zip(target).map(|(p, t)| (p - t) * (p - t)));
+    total / pred.len().max(1) as f32
+}
+
+/// `(p − t) · scale` per element into `out`: the gradient of [`mse_loss`]
+/// when `scale` is twice the upstream gradient over the element count.
+pub(crate) fn mse_grad(pred: &[f32], target: &[f32], scale: f32, out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(pred.iter().zip(target).map(|(p, t)| (p - t) * scale));
+}
+
 /// Mean softmax cross-entropy of `logits: [batch, classes]` against
 /// `labels: [batch]` (u32), a scalar.
 #[derive(Clone, Copy, Debug)]
@@ -272,14 +352,7 @@ impl CustomOp2 for CrossEntropy {
         let logits = matrix(s1, l1, "logits")?;
         let labels = labels(s2, l2)?;
         Self::check(&logits, labels)?;
-        let z = logits.to_row_major();
-        let cols = logits.cols().max(1);
-        let total = kernels::sum(z.chunks_exact(cols).zip(labels).map(|(row, label)| {
-            let (max, _, log_sum) = row_softmax_parts(row);
-            let picked = row.get(*label as usize).copied().unwrap_or(0.0);
-            log_sum - (picked - max)
-        }));
-        let mean = total / logits.rows().max(1) as f32;
+        let mean = cross_entropy_loss(&logits.to_row_major(), logits.cols(), labels);
         Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
     }
 
@@ -296,17 +369,8 @@ impl CustomOp2 for CrossEntropy {
             with_storage(labels_t, |s2, l2| {
                 let labels = labels(s2, l2)?;
                 Self::check(&m, labels)?;
-                let z = m.to_row_major();
-                let cols = m.cols().max(1);
-                let mut out = Vec::with_capacity(z.len());
-                for (row, label) in z.chunks_exact(cols).zip(labels) {
-                    let (max, sum_exp, _) = row_softmax_parts(row);
-                    for (j, v) in row.iter().enumerate() {
-                        let p = libm::expf(*v - max) / sum_exp;
-                        let d = if j == *label as usize { p - 1.0 } else { p };
-                        out.push(d * scale);
-                    }
-                }
+                let mut out = Vec::new();
+                cross_entropy_grad(&m.to_row_major(), m.cols(), labels, scale, &mut out);
                 Ok(out)
             })
         })?;
@@ -343,11 +407,7 @@ impl CustomOp2 for MeanSquaredError {
                 p.len()
             )));
         }
-        let total = kernels::sum(p.iter().zip(t.iter()).map(|(p, t)| (p - t) * (p - t)));
-        Ok((
-            CpuStorage::F32(vec![total / p.len().max(1) as f32]),
-            Shape::from(()),
-        ))
+        Ok((CpuStorage::F32(vec![mse_loss(&p, &t)]), Shape::from(())))
     }
 
     fn bwd(
@@ -362,10 +422,9 @@ impl CustomOp2 for MeanSquaredError {
             let p = elements(s1, l1, "predictions")?;
             with_storage(target, |s2, l2| {
                 let t = elements(s2, l2, "targets")?;
-                Ok(p.iter()
-                    .zip(t.iter())
-                    .map(|(p, t)| (p - t) * scale)
-                    .collect::<Vec<f32>>())
+                let mut out = Vec::new();
+                mse_grad(&p, &t, scale, &mut out);
+                Ok(out)
             })
         })?;
         Ok((
@@ -382,6 +441,23 @@ pub struct WeightPenalty {
     pub l1: f32,
     /// L2 coefficient.
     pub l2: f32,
+}
+
+impl WeightPenalty {
+    /// The (sub)gradient at one weight `v` times the upstream gradient `g`,
+    /// with `twice_l2 = 2·l2`.
+    #[inline]
+    pub(crate) fn gradient(&self, v: f32, twice_l2: f32, g: f32) -> f32 {
+        // The subgradient 0 at 0 keeps exact zeros at zero.
+        let sign = if v > 0.0 {
+            1.0
+        } else if v < 0.0 {
+            -1.0
+        } else {
+            0.0
+        };
+        (self.l1 * sign + twice_l2 * v) * g
+    }
 }
 
 impl CustomOp1 for WeightPenalty {
@@ -405,17 +481,7 @@ impl CustomOp1 for WeightPenalty {
         let gw = with_storage(arg, |s, l| {
             let w = elements(s, l, "penalty")?;
             Ok(w.iter()
-                .map(|v| {
-                    // The subgradient 0 at 0 keeps exact zeros at zero.
-                    let sign = if *v > 0.0 {
-                        1.0
-                    } else if *v < 0.0 {
-                        -1.0
-                    } else {
-                        0.0
-                    };
-                    (self.l1 * sign + twice_l2 * v) * g
-                })
+                .map(|v| self.gradient(*v, twice_l2, g))
                 .collect::<Vec<f32>>())
         })?;
         Ok(Some(Tensor::from_vec(gw, arg.dims(), arg.device())?))

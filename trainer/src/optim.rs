@@ -14,7 +14,7 @@ use std::cell::RefCell;
 
 use candle_core::backend::BackendStorage;
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, InplaceOp2, Layout, Var};
+use candle_core::{CpuStorage, InplaceOp1, Layout, Storage, Var};
 use protocol::Optimizer;
 use sha2::{Digest as _, Sha256};
 
@@ -82,22 +82,17 @@ enum Update {
 /// The fused in-place update of one parameter tensor from its gradient.
 struct FusedStep<'a> {
     update: Update,
+    grads: &'a [f32],
     first: RefCell<&'a mut [f32]>,
     second: RefCell<&'a mut [f32]>,
 }
 
-impl InplaceOp2 for FusedStep<'_> {
+impl InplaceOp1 for FusedStep<'_> {
     fn name(&self) -> &'static str {
         "gradchain-fused-optimizer-step"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> CandleResult<()> {
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout) -> CandleResult<()> {
         let (start, end) = l1
             .contiguous_offsets()
             .ok_or_else(|| error("parameter is not contiguous"))?;
@@ -112,20 +107,7 @@ impl InplaceOp2 for FusedStep<'_> {
                 )))
             }
         };
-        let (gs, ge) = l2
-            .contiguous_offsets()
-            .ok_or_else(|| error("gradient is not contiguous"))?;
-        let grads = match s2 {
-            CpuStorage::F32(data) => data
-                .get(gs..ge)
-                .ok_or_else(|| error("gradient layout out of range"))?,
-            other => {
-                return Err(error(format!(
-                    "gradient is {:?}, expected f32",
-                    other.dtype()
-                )))
-            }
-        };
+        let grads = self.grads;
         if grads.len() != params.len() {
             return Err(error(format!(
                 "gradient has {} values, expected {}",
@@ -135,37 +117,47 @@ impl InplaceOp2 for FusedStep<'_> {
         }
         let mut first = self.first.borrow_mut();
         let mut second = self.second.borrow_mut();
-        match self.update {
-            Update::Sgd { lr, momentum } => {
-                for ((p, g), v) in params.iter_mut().zip(grads).zip(first.iter_mut()) {
-                    *v = momentum * *v + *g;
-                    *p -= lr * *v;
-                }
-            }
-            Update::Adam {
-                beta1,
-                one_minus_beta1,
-                beta2,
-                one_minus_beta2,
-                step_size,
-                sqrt_correction2,
-                eps,
-            } => {
-                for (((p, g), m), v) in params
-                    .iter_mut()
-                    .zip(grads)
-                    .zip(first.iter_mut())
-                    .zip(second.iter_mut())
-                {
-                    *m = beta1 * *m + one_minus_beta1 * *g;
-                    *v = beta2 * *v + one_minus_beta2 * (*g * *g);
-                    // sqrt is correctly rounded by IEEE 754 on every CPU.
-                    let denom = v.sqrt() / sqrt_correction2 + eps;
-                    *p -= step_size * (*m / denom);
-                }
+        let (first, second) = (&mut **first, &mut **second);
+        let update = self.update;
+        // Each element's update is independent of the others and made of
+        // correctly rounded operations, so any vector width gives its bits.
+        crate::kernels::with_wide_vectors(|| apply(update, params, grads, first, second));
+        Ok(())
+    }
+}
+
+/// The update of every element, in place.
+#[inline(always)]
+fn apply(update: Update, params: &mut [f32], grads: &[f32], first: &mut [f32], second: &mut [f32]) {
+    match update {
+        Update::Sgd { lr, momentum } => {
+            for ((p, g), v) in params.iter_mut().zip(grads).zip(first.iter_mut()) {
+                *v = momentum * *v + *g;
+                *p -= lr * *v;
             }
         }
-        Ok(())
+        Update::Adam {
+            beta1,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2,
+            step_size,
+            sqrt_correction2,
+            eps,
+        } => {
+            for (((p, g), m), v) in params
+                .iter_mut()
+                .zip(grads)
+                .zip(first.iter_mut())
+                .zip(second.iter_mut())
+            {
+                *m = beta1 * *m + one_minus_beta1 * *g;
+                *v = beta2 * *v + one_minus_beta2 * (*g * *g);
+                // sqrt is correctly rounded by IEEE 754 on every CPU.
+                let denom = v.sqrt() / sqrt_correction2 + eps;
+                *p -= step_size * (*m / denom);
+            }
+        }
     }
 }
 
@@ -197,9 +189,54 @@ impl OptimizerState {
         }
     }
 
-    /// One update of every parameter from `grads`. A parameter without a
-    /// gradient (it did not affect the loss) is left alone, state included.
+    /// One update of every parameter from candle's `grads`. A parameter
+    /// without a gradient (it did not affect the loss) is left alone, state
+    /// included.
     pub fn step(&mut self, params: &[&Var], grads: &GradStore) -> CandleResult<()> {
+        let mut tensors = Vec::with_capacity(params.len());
+        for param in params {
+            tensors.push(
+                grads
+                    .get(param.as_tensor())
+                    .map(|g| g.contiguous())
+                    .transpose()?,
+            );
+        }
+        let guards: Vec<_> = tensors
+            .iter()
+            .map(|t| t.as_ref().map(|t| t.storage_and_layout()))
+            .collect();
+        let mut slices: Vec<Option<&[f32]>> = Vec::with_capacity(params.len());
+        for guard in &guards {
+            slices.push(match guard {
+                None => None,
+                Some((storage, layout)) => {
+                    let (start, end) = layout
+                        .contiguous_offsets()
+                        .ok_or_else(|| error("gradient is not contiguous"))?;
+                    match &**storage {
+                        Storage::Cpu(CpuStorage::F32(data)) => Some(
+                            data.get(start..end)
+                                .ok_or_else(|| error("gradient layout out of range"))?,
+                        ),
+                        _ => return Err(error("gradient is not f32 on the CPU")),
+                    }
+                }
+            });
+        }
+        self.step_slices(params, &slices)
+    }
+
+    /// One update of every parameter from its gradient values, given in the
+    /// same order (`None`: left alone, state included).
+    pub fn step_slices(&mut self, params: &[&Var], grads: &[Option<&[f32]>]) -> CandleResult<()> {
+        if grads.len() != params.len() {
+            return Err(error(format!(
+                "got {} gradients for {} parameters",
+                grads.len(),
+                params.len()
+            )));
+        }
         let (update, first, second): (Update, &mut Buffers, Option<&mut Buffers>) = match self {
             Self::Sgd {
                 lr,
@@ -251,20 +288,21 @@ impl OptimizerState {
         }
         let mut unused: Vec<f32> = Vec::new();
         let mut seconds = second.map(|s| s.iter_mut());
-        for (param, first) in params.iter().zip(first.iter_mut()) {
+        for ((param, grad), first) in params.iter().zip(grads).zip(first.iter_mut()) {
             let second: &mut [f32] = match seconds.as_mut().and_then(|it| it.next()) {
                 Some(s) => s,
                 None => &mut unused,
             };
-            let Some(grad) = grads.get(param.as_tensor()) else {
+            let Some(grad) = grad else {
                 continue;
             };
             let op = FusedStep {
                 update,
+                grads: grad,
                 first: RefCell::new(first.as_mut_slice()),
                 second: RefCell::new(second),
             };
-            param.as_tensor().inplace_op2(grad, &op)?;
+            param.as_tensor().inplace_op1(&op)?;
         }
         Ok(())
     }
@@ -366,6 +404,61 @@ mod tests {
             assert!((a - b).abs() < 1e-5, "{a} vs candle-nn {b}");
             assert!((s - a).abs() > 0.04, "moved {}", s - a);
         }
+    }
+
+    #[test]
+    fn wide_vectors_give_the_bits_of_the_scalar_loop() {
+        // Subnormal gradients and moments included: some CPUs take a slow
+        // path on them, none may round them differently.
+        let n = 1000;
+        let value = |i: usize, scale: f32| {
+            let x = ((i * 7919) % 1013) as f32 / 1013.0 - 0.5;
+            if i.is_multiple_of(5) {
+                x * 1e-39
+            } else {
+                x * scale
+            }
+        };
+        let grads: Vec<f32> = (0..n).map(|i| value(i, 1e-3)).collect();
+        let update = Update::Adam {
+            beta1: 0.9,
+            one_minus_beta1: 0.1,
+            beta2: 0.999,
+            one_minus_beta2: 1.0 - 0.999,
+            step_size: 1e-3 / 0.1,
+            sqrt_correction2: 0.001f32.sqrt(),
+            eps: 1e-8,
+        };
+        let start = || {
+            (
+                (0..n).map(|i| value(i + 1, 1.0)).collect::<Vec<f32>>(),
+                (0..n).map(|i| value(i + 2, 1e-2)).collect::<Vec<f32>>(),
+                (0..n)
+                    .map(|i| value(i + 3, 1e-4).abs())
+                    .collect::<Vec<f32>>(),
+            )
+        };
+        let (mut p1, mut m1, mut v1) = start();
+        let (mut p2, mut m2, mut v2) = start();
+        for update in [
+            update,
+            Update::Sgd {
+                lr: 0.01,
+                momentum: 0.9,
+            },
+        ] {
+            apply(update, &mut p1, &grads, &mut m1, &mut v1);
+            crate::kernels::with_wide_vectors(|| apply(update, &mut p2, &grads, &mut m2, &mut v2));
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&p1), bits(&p2));
+        assert_eq!(bits(&m1), bits(&m2));
+        assert_eq!(bits(&v1), bits(&v2));
+        assert_ne!(
+            bits(&p1),
+            bits(&start().0),
+            "the updates moved the parameters"
+        );
     }
 
     #[test]

@@ -6,17 +6,17 @@
 //! anywhere gives the same [`JobResult`]. This module must never let a
 //! progress callback, a log line or a timing feed back into the computation.
 
-use candle_core::{Device, Tensor};
 use protocol::job::ENGINE_VERSION;
 use protocol::{Digest, F32Bits, JobResult, JobSpec, Loss, Task, TestMetric};
 use sha2::{Digest as _, Sha256};
 
 use crate::dataset::Dataset;
 use crate::model::{argmax, hash_tensor, Mlp, ModelError, TrainedModel};
-use crate::ops::{CrossEntropy, MeanSquaredError, WeightPenalty};
+use crate::ops::WeightPenalty;
 use crate::optim::OptimizerState;
 use crate::prep::{prepare, Part, PrepError, Prepared};
 use crate::rng::SplitMix64;
+use crate::step::{BatchTargets, StepWorkspace};
 
 /// Why a training run could not start or finish.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -232,6 +232,10 @@ pub fn train(
     let mut step = 0u64;
     let mut train_loss = 0.0f32;
     let mut x_batch = Vec::with_capacity(batch.min(train_part.rows) * features);
+    let mut labels_batch = Vec::new();
+    let mut targets_batch = Vec::new();
+    let mut workspace = StepWorkspace::new();
+    let params: Vec<_> = mlp.named_params().into_iter().map(|(_, v)| v).collect();
     for epoch in 1..=spec.epochs {
         order_rng.shuffle(&mut order);
         let mut epoch_losses = Vec::with_capacity(batches_per_epoch as usize);
@@ -245,46 +249,41 @@ pub fn train(
                         .unwrap_or_default(),
                 );
             }
-            let x = Tensor::from_slice(&x_batch, (rows.len(), features), &Device::Cpu)?;
-            let out = mlp.forward(&x)?;
-            let data_loss = match spec.loss {
+            let loss = match spec.loss {
                 Loss::CrossEntropy => {
-                    let labels: Vec<u32> = rows
-                        .iter()
-                        .map(|&r| train_part.labels.get(r).copied().unwrap_or(0))
-                        .collect();
-                    out.apply_op2(
-                        &Tensor::from_vec(labels, rows.len(), &Device::Cpu)?,
-                        CrossEntropy,
+                    labels_batch.clear();
+                    labels_batch.extend(
+                        rows.iter()
+                            .map(|&r| train_part.labels.get(r).copied().unwrap_or(0)),
+                    );
+                    workspace.gradients(
+                        &mlp,
+                        &x_batch,
+                        rows.len(),
+                        BatchTargets::Labels(&labels_batch),
+                        penalty,
                     )?
                 }
                 Loss::Mse => {
-                    let targets: Vec<f32> = rows
-                        .iter()
-                        .map(|&r| train_part.targets.get(r).copied().unwrap_or(0.0))
-                        .collect();
-                    out.apply_op2(
-                        &Tensor::from_vec(targets, (rows.len(), 1), &Device::Cpu)?,
-                        MeanSquaredError,
+                    targets_batch.clear();
+                    targets_batch.extend(
+                        rows.iter()
+                            .map(|&r| train_part.targets.get(r).copied().unwrap_or(0.0)),
+                    );
+                    workspace.gradients(
+                        &mlp,
+                        &x_batch,
+                        rows.len(),
+                        BatchTargets::Values(&targets_batch),
+                        penalty,
                     )?
                 }
             };
-            let mut objective = data_loss.clone();
-            if let Some(op) = penalty {
-                for layer in mlp.layers() {
-                    objective = (objective + layer.weight.as_tensor().apply_op1(op)?)?;
-                }
-            }
-            let loss = data_loss.to_scalar::<f32>()?;
             step += 1;
             if !loss.is_finite() {
                 return Err(TrainError::Diverged { step, loss });
             }
-            let grads = objective.backward()?;
-            drop((objective, data_loss, out));
-            let params: Vec<_> = mlp.named_params().into_iter().map(|(_, v)| v).collect();
-            optimizer.step(&params, &grads)?;
-            drop(grads);
+            optimizer.step_slices(&params, &workspace.named_grads(&mlp))?;
             epoch_losses.push(loss);
             if spec.checkpoint_interval > 0
                 && step.is_multiple_of(u64::from(spec.checkpoint_interval))
