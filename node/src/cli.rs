@@ -511,6 +511,9 @@ fn describe(response: &RpcResponse) -> String {
         RpcResponse::TxAccepted(_) => "a transaction id".into(),
         RpcResponse::Job(..) => "a job".into(),
         RpcResponse::Jobs(_) => "a job list".into(),
+        RpcResponse::BlobStored(_) => "a blob digest".into(),
+        RpcResponse::BlobChunk(_) => "a blob chunk".into(),
+        RpcResponse::Predictions(_) => "predictions".into(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! accept a block or transaction that `protocol` would refuse.
 
 pub mod bench;
+pub mod blobs;
 pub mod chain;
 pub mod cli;
 pub mod keys;
@@ -22,5 +23,6 @@ pub mod rpc_client;
 pub mod service;
 pub mod store;
 pub mod testkit;
+pub mod verifier;
 
 pub use node::{run, start, NodeConfig, NodeError, RunningNode};

@@ -18,7 +18,8 @@ use protocol::{codec, Address, ChainParams};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::chain::{Chain, ChainError, NoTrainingEngine, SharedVerifier};
+use crate::blobs::{self, BlobError, BlobStore, BLOB_FILE};
+use crate::chain::{Chain, ChainError, SharedVerifier};
 use crate::keys::{self, KeyError};
 use crate::mempool::MempoolLimits;
 use crate::miner::{Miner, MinerConfig, MinerStats};
@@ -26,6 +27,7 @@ use crate::net::handlers::{self, Context};
 use crate::net::network::{self, NetError, NetworkClient, NetworkConfig, NetworkEvent, Topic};
 use crate::net::sync::{SyncDriver, SyncTrigger};
 use crate::service::{self, ChainHandle, ChainTask};
+use crate::verifier::CachingVerifier;
 
 /// Most gossip messages being validated at once; more are ignored.
 const MAX_GOSSIP_IN_FLIGHT: usize = 512;
@@ -50,8 +52,10 @@ pub struct NodeConfig {
     pub mining_threads: usize,
     /// Least time between two blocks this node mines.
     pub mine_interval: Duration,
-    /// Replays training for result transactions.
-    pub verifier: SharedVerifier,
+    /// Replays training for result transactions; `None` (the default) is
+    /// the trainer's replay verifier over the node's blob store, with a
+    /// verdict cache. Tests may put another here.
+    pub verifier: Option<SharedVerifier>,
     /// Mempool caps.
     pub mempool: MempoolLimits,
 }
@@ -85,7 +89,7 @@ impl NodeConfig {
             mine: None,
             mining_threads: 1,
             mine_interval,
-            verifier: Arc::new(NoTrainingEngine),
+            verifier: None,
             mempool: MempoolLimits::default(),
         }
     }
@@ -105,6 +109,9 @@ pub enum NodeError {
     /// The node key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The blob store could not be opened.
+    #[error(transparent)]
+    Blobs(#[from] BlobError),
     /// The chain could not be opened.
     #[error("chain store: {0}")]
     Chain(#[from] ChainError),
@@ -123,6 +130,8 @@ pub struct RunningNode {
     chain: ChainHandle,
     network: NetworkClient,
     miner_stats: Arc<MinerStats>,
+    blobs: BlobStore,
+    replay: Arc<CachingVerifier>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     miner: Option<Miner>,
@@ -166,6 +175,17 @@ impl RunningNode {
         &self.network
     }
 
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The caching replay verifier (also the chain's unless the config
+    /// named another).
+    pub fn replay(&self) -> &Arc<CachingVerifier> {
+        &self.replay
+    }
+
     /// Miner counters.
     pub fn miner_stats(&self) -> &Arc<MinerStats> {
         &self.miner_stats
@@ -203,7 +223,15 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let peer_id = keypair.public().to_peer_id();
     let store_path = config.data_dir.join(STORE_FILE);
     let params = config.params.clone();
-    let verifier = config.verifier.clone();
+    let blob_path = config.data_dir.join(BLOB_FILE);
+    let blobs = tokio::task::spawn_blocking(move || BlobStore::open(&blob_path))
+        .await
+        .map_err(|e| NodeError::Spawn(e.to_string()))??;
+    let replay = CachingVerifier::new(blobs.clone());
+    let verifier: SharedVerifier = match &config.verifier {
+        Some(verifier) => verifier.clone(),
+        None => replay.clone(),
+    };
     let limits = config.mempool;
     let chain =
         tokio::task::spawn_blocking(move || Chain::open(&store_path, params, verifier, limits))
@@ -239,7 +267,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
 
     let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
     let (behind_tx, behind_rx) = mpsc::unbounded_channel();
-    let driver = SyncDriver::new(chain.clone(), network.clone(), config.params.clone());
+    let driver = SyncDriver::new(chain.clone(), network.clone(), config.params.clone())
+        .with_blobs(blobs.clone());
     tasks.push(tokio::spawn(driver.run(
         trigger_rx,
         behind_rx,
@@ -253,6 +282,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         miner: miner_stats.clone(),
         peer_id,
         behind: behind_tx,
+        blobs: blobs.clone(),
+        replay: config.verifier.is_none().then(|| replay.clone()),
     };
     let in_flight = Arc::new(Semaphore::new(MAX_GOSSIP_IN_FLIGHT));
     tasks.push(tokio::spawn(async move {
@@ -283,6 +314,15 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                 },
                 NetworkEvent::SyncRequest { peer, ticket, data } => {
                     tokio::spawn(handlers::on_sync_request(ctx.clone(), peer, ticket, data));
+                }
+                NetworkEvent::BlobRequest { peer, ticket, data } => {
+                    tokio::spawn(blobs::serve(
+                        ctx.blobs.clone(),
+                        ctx.network.clone(),
+                        peer,
+                        ticket,
+                        data,
+                    ));
                 }
                 NetworkEvent::RpcRequest { ticket, data } => {
                     tokio::spawn(handlers::on_rpc_request(ctx.clone(), ticket, data));
@@ -327,6 +367,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         chain,
         network,
         miner_stats,
+        blobs,
+        replay,
         shutdown,
         tasks,
         miner,

@@ -162,8 +162,10 @@ fn run_chain(
                 reply,
             } => {
                 let hash = block.hash();
+                let started = std::time::Instant::now();
                 let result = chain.process_block(*block, unix_now());
-                log_block(&chain, &source, hash, &result);
+                let validate_us = started.elapsed().as_micros();
+                log_block(&chain, &source, hash, &result, validate_us);
                 let _ = reply.send(result);
             }
             Command::SubmitTx { tx, reply } => {
@@ -232,6 +234,7 @@ fn log_block(
     source: &BlockSource,
     hash: BlockHash,
     result: &Result<BlockOutcome, ChainError>,
+    validate_us: u128,
 ) {
     let peer = match source {
         BlockSource::Mined => "self".to_owned(),
@@ -255,7 +258,18 @@ fn log_block(
                 );
             }
             if matches!(source, BlockSource::Peer(_)) {
-                tracing::info!(height = height.0, hash = %tip, txs, %peer, "new tip from peer");
+                tracing::info!(height = height.0, hash = %tip, txs, %peer, validate_us, "new tip from peer");
+            }
+            let first = match reorg {
+                Some(reorg) => reorg
+                    .old_height
+                    .0
+                    .saturating_sub(reorg.depth)
+                    .saturating_add(1),
+                None => height.0,
+            };
+            for connected in first..=height.0 {
+                log_job_events(chain, Height(connected));
             }
         }
         Ok(_) => {}
@@ -267,6 +281,65 @@ fn log_block(
         }
     }
     let _ = chain;
+}
+
+/// One line per job event of the main-chain block at `height`: job posted,
+/// bounty paid, job expired.
+fn log_job_events(chain: &Chain, height: Height) {
+    let Some(hash) = chain.hash_at(height) else {
+        return;
+    };
+    let Ok(Some(block)) = chain.block(&hash) else {
+        return;
+    };
+    for tx in &block.txs {
+        let protocol::Transaction::Signed(signed) = tx else {
+            continue;
+        };
+        let Ok(txid) = signed.id() else {
+            continue;
+        };
+        match &signed.body.kind {
+            protocol::TxKind::PostJob {
+                spec,
+                bounty,
+                expires_at,
+            } => tracing::info!(
+                job = %JobId::from(txid),
+                dataset = %spec.dataset.digest,
+                bounty = bounty.0,
+                expires_at = expires_at.0,
+                poster = %signed.body.from,
+                height = height.0,
+                "job posted"
+            ),
+            protocol::TxKind::SubmitResult { job, .. } => {
+                if let Some(record) = chain.state().job(job) {
+                    if let protocol::JobStatus::Fulfilled {
+                        worker, tx, result, ..
+                    } = &record.status
+                    {
+                        if *tx == txid {
+                            tracing::info!(
+                                %job, %worker, bounty = record.bounty.0,
+                                weights = %result.weights, metric = %result.metric,
+                                height = height.0, "bounty paid"
+                            );
+                        }
+                    }
+                }
+            }
+            protocol::TxKind::Transfer { .. } => {}
+        }
+    }
+    for (job, record) in chain.state().jobs() {
+        if record.status == (protocol::JobStatus::Expired { height }) {
+            tracing::info!(
+                %job, poster = %record.poster, refund = record.bounty.0,
+                height = height.0, "job expired"
+            );
+        }
+    }
 }
 
 fn blocks(chain: &Chain, hashes: &[BlockHash]) -> Result<Vec<Block>, ChainError> {

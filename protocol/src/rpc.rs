@@ -13,13 +13,71 @@ use crate::block::Block;
 use crate::pow::Work;
 use crate::state::{Account, JobRecord};
 use crate::tx::SignedTx;
-use crate::types::{Address, BlockHash, Height, JobId, StateRoot, TxId};
+use crate::types::{Address, BlockHash, Digest, F32Bits, Height, JobId, StateRoot, TxId};
 
 /// The libp2p protocol name of the peer RPC; the version is part of it.
 pub const RPC_PROTOCOL: &str = "/gradchain/rpc/1";
 
 /// The largest RPC request or response frame, in bytes.
 pub const MAX_RPC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest blob a node stores (datasets and weights files), in bytes.
+/// A [`RpcRequest::PutBlob`] carries the whole blob, so this stays below
+/// [`MAX_RPC_MESSAGE_BYTES`] with room for the message around it.
+pub const MAX_BLOB_BYTES: usize = 3 * 1024 * 1024;
+
+/// The largest slice of a blob returned by one [`RpcRequest::GetBlob`].
+pub const MAX_BLOB_CHUNK_BYTES: u32 = 1024 * 1024;
+
+/// Most input rows in one [`RpcRequest::Predict`].
+pub const MAX_PREDICT_ROWS: usize = 1024;
+
+/// What a blob holds, which decides how the node checks and indexes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobKind {
+    /// A canonical dataset blob; its SHA-256 is the dataset digest of a job.
+    Dataset,
+    /// A safetensors weights file. It is stored under its SHA-256 and also
+    /// indexed by the trainer's tensor digest (the `weights` digest of a
+    /// job result), which the node recomputes from the bytes.
+    Weights,
+}
+
+/// How a blob is named when it is fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobName {
+    /// By the SHA-256 of its bytes.
+    Content(Digest),
+    /// A weights file by the tensor digest of the weights it holds.
+    Weights(Digest),
+}
+
+/// One slice of a blob, answering [`RpcRequest::GetBlob`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobChunk {
+    /// SHA-256 of the whole blob.
+    pub digest: Digest,
+    /// Length of the whole blob in bytes.
+    pub total: u64,
+    /// Where this slice starts in the blob.
+    pub offset: u64,
+    /// The bytes, at most [`MAX_BLOB_CHUNK_BYTES`].
+    pub bytes: Vec<u8>,
+}
+
+/// One prediction, answering a row of [`RpcRequest::Predict`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PredictionOut {
+    /// A classifier's most probable class and every class's probability.
+    Class {
+        /// The predicted class.
+        class: u32,
+        /// Probabilities, by class.
+        probabilities: Vec<F32Bits>,
+    },
+    /// A regression value.
+    Value(F32Bits),
+}
 
 /// How a block is named in a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +106,31 @@ pub enum RpcRequest {
     Jobs {
         /// Only jobs whose status is open.
         open_only: bool,
+    },
+    /// Store a blob; the node checks it fits `kind` and answers its digest.
+    PutBlob {
+        /// What it holds.
+        kind: BlobKind,
+        /// The whole blob, at most [`MAX_BLOB_BYTES`].
+        bytes: Vec<u8>,
+    },
+    /// A slice of a blob the node holds (it fetches from peers first if it
+    /// does not).
+    GetBlob {
+        /// Which blob.
+        name: BlobName,
+        /// First byte wanted.
+        offset: u64,
+        /// Most bytes wanted; the node caps it at [`MAX_BLOB_CHUNK_BYTES`].
+        max_len: u32,
+    },
+    /// Predictions of a fulfilled job's model for input rows.
+    Predict {
+        /// The job whose weights answer.
+        job: JobId,
+        /// Raw (unstandardized) input rows, each as wide as the dataset's
+        /// features; at most [`MAX_PREDICT_ROWS`].
+        rows: Vec<Vec<F32Bits>>,
     },
 }
 
@@ -143,6 +226,12 @@ pub enum RpcResponse {
     Job(JobId, JobRecord),
     /// Answers [`RpcRequest::Jobs`].
     Jobs(Vec<(JobId, JobRecord)>),
+    /// Answers [`RpcRequest::PutBlob`]: the blob is stored under this digest.
+    BlobStored(Digest),
+    /// Answers [`RpcRequest::GetBlob`].
+    BlobChunk(BlobChunk),
+    /// Answers [`RpcRequest::Predict`]: one prediction per input row.
+    Predictions(Vec<PredictionOut>),
     /// Any request that failed.
     Error(RpcError),
 }
@@ -159,6 +248,19 @@ mod tests {
             RpcRequest::Block(BlockRef::Height(Height(7))),
             RpcRequest::Balance(Address([3; 32])),
             RpcRequest::Jobs { open_only: true },
+            RpcRequest::PutBlob {
+                kind: BlobKind::Dataset,
+                bytes: vec![1, 2, 3],
+            },
+            RpcRequest::GetBlob {
+                name: BlobName::Weights(Digest([4; 32])),
+                offset: 5,
+                max_len: MAX_BLOB_CHUNK_BYTES,
+            },
+            RpcRequest::Predict {
+                job: JobId([6; 32]),
+                rows: vec![vec![F32Bits::from_f32(0.5); 3]],
+            },
         ];
         for request in requests {
             let bytes = codec::encode(&request).unwrap();
@@ -170,5 +272,39 @@ mod tests {
         });
         let bytes = codec::encode(&error).unwrap();
         assert_eq!(codec::decode::<RpcResponse>(&bytes).unwrap(), error);
+        let answers = [
+            RpcResponse::BlobStored(Digest([7; 32])),
+            RpcResponse::BlobChunk(BlobChunk {
+                digest: Digest([8; 32]),
+                total: 10,
+                offset: 2,
+                bytes: vec![9; 8],
+            }),
+            RpcResponse::Predictions(vec![
+                PredictionOut::Class {
+                    class: 1,
+                    probabilities: vec![F32Bits::from_f32(0.25), F32Bits::from_f32(0.75)],
+                },
+                PredictionOut::Value(F32Bits::from_f32(-1.5)),
+            ]),
+        ];
+        for answer in answers {
+            let bytes = codec::encode(&answer).unwrap();
+            assert_eq!(codec::decode::<RpcResponse>(&bytes).unwrap(), answer);
+        }
+    }
+
+    #[test]
+    fn a_whole_blob_fits_in_one_put_request() {
+        let request = RpcRequest::PutBlob {
+            kind: BlobKind::Dataset,
+            bytes: vec![0; MAX_BLOB_BYTES],
+        };
+        let bytes = codec::encode(&request).unwrap();
+        assert!(
+            bytes.len() <= MAX_RPC_MESSAGE_BYTES,
+            "{} bytes",
+            bytes.len()
+        );
     }
 }

@@ -21,10 +21,12 @@ pub mod ops;
 pub mod optim;
 pub mod prep;
 pub mod rng;
+pub mod rpc_client;
 pub mod settings;
 pub mod step;
 pub mod train;
 pub mod verify;
+pub mod weights;
 
 pub use dataset::{parse_csv, Dataset, DatasetError, DatasetLimits, Targets, TaskKind};
 pub use model::{predict, ModelError, Prediction, TrainedModel};

@@ -5,6 +5,8 @@
 //! work is in the library. It must never panic on bad input: a bad flag or
 //! file is one error line on stderr and a non-zero exit.
 
+mod netcli;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,6 +34,16 @@ enum Command {
     Train(TrainArgs),
     /// Time the reproducible engine against stock candle on the same jobs.
     Bench(BenchArgs),
+    /// Datasets on a node.
+    #[command(subcommand)]
+    Dataset(netcli::DatasetCommand),
+    /// Training jobs on the chain.
+    #[command(subcommand)]
+    Job(netcli::JobCommand),
+    /// Train open jobs from a node and submit the results.
+    Work(netcli::WorkArgs),
+    /// Predictions of a fulfilled job's model, served by a node.
+    Predict(netcli::PredictArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -167,6 +179,10 @@ fn main() {
     let outcome = match cli.command {
         Command::Train(args) => run_train(args),
         Command::Bench(args) => run_bench(args),
+        Command::Dataset(netcli::DatasetCommand::Put(args)) => netcli::dataset_put(args),
+        Command::Job(netcli::JobCommand::Post(args)) => netcli::job_post(*args),
+        Command::Work(args) => netcli::work(args),
+        Command::Predict(args) => netcli::predict(args),
     };
     if let Err(e) = outcome {
         eprintln!("error: {e:#}");

@@ -2,6 +2,11 @@
 //! task and reports Accept/Ignore/Reject (penalising senders of invalid
 //! data), serves sync requests, and serves the peer RPC.
 //!
+//! Before a transaction or block reaches the chain task, its jobs' datasets
+//! are fetched from peers and its results replayed on a blocking-pool
+//! thread, so the chain task finds the verdicts cached and never stalls on
+//! a network fetch.
+//!
 //! Each message is handled in its own task so the swarm's event loop never
 //! waits on the chain. Nothing here holds chain state; it only asks the
 //! chain task.
@@ -12,16 +17,22 @@ use std::sync::Arc;
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::PeerId;
 use protocol::codec;
-use protocol::rpc::{NodeStatus, RpcError, RpcErrorCode, RpcRequest, RpcResponse};
-use protocol::{Block, ChainParams, SignedTx};
+use protocol::rpc::{
+    BlobName, NodeStatus, PredictionOut, RpcError, RpcErrorCode, RpcRequest, RpcResponse,
+    MAX_BLOB_CHUNK_BYTES, MAX_PREDICT_ROWS,
+};
+use protocol::state::JobStatus;
+use protocol::{Block, ChainParams, F32Bits, JobId, SignedTx, TrainingVerifier, TxKind};
 use tokio::sync::mpsc;
 
 use super::network::{NetworkClient, Topic};
 use super::wire::{SyncRequest, SyncResponse, MAX_BLOCKS_PER_REQUEST, MAX_LOCATOR, MAX_SYNC_FRAME};
+use crate::blobs::{self, BlobStore};
 use crate::chain::{BlockOutcome, MAX_HEADERS};
 use crate::mempool::MempoolError;
 use crate::miner::MinerStats;
 use crate::service::{BlockSource, ChainHandle, ServiceError};
+use crate::verifier::CachingVerifier;
 
 /// Penalty for bytes that do not decode.
 const MALFORMED_PENALTY: u32 = 50;
@@ -45,6 +56,79 @@ pub struct Context {
     pub peer_id: PeerId,
     /// Wakes the sync driver when a peer is ahead of us.
     pub behind: mpsc::UnboundedSender<PeerId>,
+    /// Datasets and weights.
+    pub blobs: BlobStore,
+    /// The chain's caching replay verifier, to warm before submitting; `None`
+    /// when the chain was given another verifier.
+    pub replay: Option<Arc<CachingVerifier>>,
+}
+
+/// One line for a result arriving, before it is replayed.
+fn log_result_submitted(tx: &SignedTx, from: &str) {
+    if let TxKind::SubmitResult { job, result } = &tx.body.kind {
+        tracing::info!(
+            %job, worker = %tx.body.from, weights = %result.weights,
+            metric = %result.metric, peer = from, "result submitted"
+        );
+    }
+}
+
+/// Makes sure the node can judge `tx`: a `PostJob`'s dataset is held
+/// (fetched from peers if needed), and a `SubmitResult` is replayed off the
+/// chain task so that its verdict is cached. Errors say why a `PostJob`
+/// cannot be admitted.
+pub async fn prepare_tx(ctx: &Context, tx: &SignedTx) -> Result<(), String> {
+    match &tx.body.kind {
+        TxKind::PostJob { spec, .. } => {
+            let digest = spec.dataset.digest;
+            blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(digest))
+                .await
+                .map(|_| ())
+                .map_err(|err| {
+                    format!("job refused: this node does not hold dataset {digest} and cannot fetch it: {err}")
+                })
+        }
+        TxKind::SubmitResult { job, result } => {
+            let Some(replay) = ctx.replay.clone() else {
+                return Ok(());
+            };
+            let Ok(Some(record)) = ctx.chain.job(*job).await else {
+                return Ok(());
+            };
+            if !record.is_open() {
+                return Ok(());
+            }
+            let digest = record.spec.dataset.digest;
+            if let Err(err) =
+                blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(digest)).await
+            {
+                tracing::warn!(%job, dataset = %digest, reason = %err, "cannot fetch a job's dataset for replay");
+                return Ok(());
+            }
+            let verdict = match replay.cached(job, &record.spec, &tx.body.from, result) {
+                Some(verdict) => verdict,
+                None => {
+                    let (job, worker, result) = (*job, tx.body.from, *result);
+                    tokio::task::spawn_blocking(move || {
+                        replay.verify(&job, &record.spec, &worker, &result)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(protocol::VerifyError::Replay(e.to_string())))
+                }
+            };
+            // Keep the weights of a verified result, so that predictions can
+            // be served here and peers can fetch them from us.
+            if verdict.is_ok() {
+                if let Err(err) =
+                    blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Weights(result.weights)).await
+                {
+                    tracing::debug!(%job, weights = %result.weights, reason = %err, "weights not fetched");
+                }
+            }
+            Ok(())
+        }
+        TxKind::Transfer { .. } => Ok(()),
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -78,6 +162,15 @@ async fn on_gossip_block(ctx: &Context, source: PeerId, data: &[u8]) -> MessageA
             return MessageAcceptance::Reject;
         }
     };
+    // Only work that cost its sender a proof of work earns fetches and
+    // replays here; the chain task checks everything else.
+    if protocol::validation::check_proof_of_work(&block.sealed_header(), &ctx.params).is_ok() {
+        for tx in &block.txs {
+            if let protocol::Transaction::Signed(tx) = tx {
+                let _ = prepare_tx(ctx, tx).await;
+            }
+        }
+    }
     match ctx
         .chain
         .submit_block(block, BlockSource::Peer(source.to_string()))
@@ -116,6 +209,11 @@ async fn on_gossip_tx(ctx: &Context, source: PeerId, data: &[u8]) -> MessageAcce
             return MessageAcceptance::Reject;
         }
     };
+    log_result_submitted(&tx, &source.to_string());
+    if let Err(reason) = prepare_tx(ctx, &tx).await {
+        tracing::info!(peer = %source, %reason, "ignored tx");
+        return MessageAcceptance::Ignore;
+    }
     match ctx.chain.submit_tx(tx).await {
         Ok(Ok(_)) => MessageAcceptance::Accept,
         Ok(Err(MempoolError::AlreadyKnown(_))) => MessageAcceptance::Ignore,
@@ -234,6 +332,11 @@ async fn answer_rpc(ctx: &Context, request: RpcRequest) -> RpcResponse {
             Err(err) => stopped(err),
         },
         RpcRequest::SubmitTx(tx) => {
+            log_result_submitted(&tx, "rpc client");
+            if let Err(reason) = prepare_tx(ctx, &tx).await {
+                tracing::info!(%reason, peer = "rpc client", "rejected tx");
+                return rpc_error(RpcErrorCode::TxRejected, reason);
+            }
             let encoded = codec::encode(&tx);
             match ctx.chain.submit_tx(tx).await {
                 Ok(Ok(id)) => {
@@ -259,6 +362,106 @@ async fn answer_rpc(ctx: &Context, request: RpcRequest) -> RpcResponse {
             Ok(jobs) => RpcResponse::Jobs(jobs),
             Err(err) => stopped(err),
         },
+        RpcRequest::PutBlob { kind, bytes } => {
+            let store = ctx.blobs.clone();
+            match tokio::task::spawn_blocking(move || store.put(kind, &bytes)).await {
+                Ok(Ok(digest)) => {
+                    tracing::info!(blob = %digest, ?kind, "blob stored");
+                    RpcResponse::BlobStored(digest)
+                }
+                Ok(Err(err)) => rpc_error(RpcErrorCode::InvalidArgument, err.to_string()),
+                Err(err) => rpc_error(RpcErrorCode::Internal, err.to_string()),
+            }
+        }
+        RpcRequest::GetBlob {
+            name,
+            offset,
+            max_len,
+        } => {
+            if let Err(err) = blobs::fetch(&ctx.blobs, &ctx.network, name).await {
+                return rpc_error(RpcErrorCode::NotFound, err.to_string());
+            }
+            let store = ctx.blobs.clone();
+            let max_len = max_len.min(MAX_BLOB_CHUNK_BYTES);
+            match tokio::task::spawn_blocking(move || store.chunk(name, offset, max_len)).await {
+                Ok(Ok(Some(chunk))) => RpcResponse::BlobChunk(chunk),
+                Ok(Ok(None)) => rpc_error(RpcErrorCode::NotFound, "blob not held"),
+                Ok(Err(err)) => rpc_error(RpcErrorCode::Internal, err.to_string()),
+                Err(err) => rpc_error(RpcErrorCode::Internal, err.to_string()),
+            }
+        }
+        RpcRequest::Predict { job, rows } => predict(ctx, job, rows).await,
+    }
+}
+
+async fn predict(ctx: &Context, job: JobId, rows: Vec<Vec<F32Bits>>) -> RpcResponse {
+    if rows.is_empty() || rows.len() > MAX_PREDICT_ROWS {
+        return rpc_error(
+            RpcErrorCode::InvalidArgument,
+            format!("{} input rows, expected 1..={MAX_PREDICT_ROWS}", rows.len()),
+        );
+    }
+    let record = match ctx.chain.job(job).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return rpc_error(RpcErrorCode::NotFound, format!("no job {job}")),
+        Err(err) => return rpc_error(RpcErrorCode::Internal, err.to_string()),
+    };
+    let JobStatus::Fulfilled { result, .. } = record.status else {
+        return rpc_error(
+            RpcErrorCode::InvalidArgument,
+            format!("job {job} is {:?}, expected fulfilled", record.status),
+        );
+    };
+    let features = usize::try_from(record.spec.dataset.features).unwrap_or(usize::MAX);
+    if let Some((index, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != features) {
+        return rpc_error(
+            RpcErrorCode::InvalidArgument,
+            format!(
+                "input row {index} has {} values, expected {features} (the dataset's feature count)",
+                row.len()
+            ),
+        );
+    }
+    let name = BlobName::Weights(result.weights);
+    let file = match blobs::fetch(&ctx.blobs, &ctx.network, name).await {
+        Ok(file) => file,
+        Err(err) => {
+            return rpc_error(
+                RpcErrorCode::NotFound,
+                format!("weights of job {job} are not available: {err}"),
+            )
+        }
+    };
+    let store = ctx.blobs.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<Vec<PredictionOut>, String> {
+        let bytes = store
+            .get(&file)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("weights file {file} vanished"))?;
+        let model = trainer::weights::model_from_safetensors(&bytes).map_err(|e| e.to_string())?;
+        let inputs: Vec<f32> = rows.iter().flatten().map(|v| v.to_f32()).collect();
+        let predictions = trainer::predict(&model, &inputs).map_err(|e| e.to_string())?;
+        Ok(predictions
+            .into_iter()
+            .map(|p| match p {
+                trainer::Prediction::Class {
+                    class,
+                    probabilities,
+                } => PredictionOut::Class {
+                    class,
+                    probabilities: probabilities.into_iter().map(F32Bits::from_f32).collect(),
+                },
+                trainer::Prediction::Value { value } => {
+                    PredictionOut::Value(F32Bits::from_f32(value))
+                }
+            })
+            .collect())
+    })
+    .await;
+    match answer {
+        Ok(Ok(predictions)) => RpcResponse::Predictions(predictions),
+        Ok(Err(reason)) => rpc_error(RpcErrorCode::InvalidArgument, reason),
+        Err(err) => rpc_error(RpcErrorCode::Internal, err.to_string()),
     }
 }
 

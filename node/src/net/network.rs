@@ -4,7 +4,7 @@
 //!
 //! Behaviours: tcp + noise + yamux with dns, identify, ping, gossipsub for
 //! blocks and transactions (validated before forwarding, content-hash ids,
-//! size caps), request-response for sync and for the peer RPC, and a block
+//! size caps), request-response for sync, for blobs and for the peer RPC, and a block
 //! list for peers whose penalties pass the ban score. The loop only routes
 //! events: validation and chain queries run in spawned tasks that talk to
 //! the chain task, so a slow block never stalls the swarm.
@@ -28,7 +28,8 @@ use protocol::rpc::{MAX_RPC_MESSAGE_BYTES, RPC_PROTOCOL};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::wire::{
-    FrameCodec, BLOCKS_TOPIC, IDENTIFY_PROTOCOL, MAX_SYNC_FRAME, SYNC_PROTOCOL, TXS_TOPIC,
+    FrameCodec, BLOB_PROTOCOL, BLOCKS_TOPIC, IDENTIFY_PROTOCOL, MAX_BLOB_FRAME, MAX_SYNC_FRAME,
+    SYNC_PROTOCOL, TXS_TOPIC,
 };
 
 /// Penalty points at which a peer is disconnected and blocked.
@@ -70,6 +71,7 @@ struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     gossipsub: gossipsub::Behaviour,
     sync: request_response::Behaviour<FrameCodec>,
+    blob: request_response::Behaviour<FrameCodec>,
     rpc: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -120,6 +122,15 @@ pub enum NetworkEvent {
         /// The request bytes.
         data: Vec<u8>,
     },
+    /// A peer asks for a blob chunk; answer with [`NetworkClient::respond_blob`].
+    BlobRequest {
+        /// The peer.
+        peer: PeerId,
+        /// Ticket for the answer.
+        ticket: u64,
+        /// The request bytes.
+        data: Vec<u8>,
+    },
     /// A client asks an RPC; answer with [`NetworkClient::respond_rpc`].
     RpcRequest {
         /// Ticket for the answer.
@@ -153,6 +164,15 @@ enum Command {
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
     RespondSync {
+        ticket: u64,
+        data: Vec<u8>,
+    },
+    BlobRequest {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
+    RespondBlob {
         ticket: u64,
         data: Vec<u8>,
     },
@@ -237,6 +257,20 @@ impl NetworkClient {
         self.send(Command::RespondSync { ticket, data });
     }
 
+    /// Sends a blob request and waits for the answer.
+    pub async fn blob_request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(Command::BlobRequest { peer, data, reply })
+            .map_err(|_| NetError::Stopped)?;
+        response.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an inbound blob request.
+    pub fn respond_blob(&self, ticket: u64, data: Vec<u8>) {
+        self.send(Command::RespondBlob { ticket, data });
+    }
+
     /// Answers an inbound RPC request.
     pub fn respond_rpc(&self, ticket: u64, data: Vec<u8>) {
         self.send(Command::RespondRpc { ticket, data });
@@ -295,6 +329,8 @@ pub struct EventLoop {
     events: mpsc::UnboundedSender<NetworkEvent>,
     pending_sync: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     sync_channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
+    blob_channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
     rpc_channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
     next_ticket: u64,
     penalties: HashMap<PeerId, u32>,
@@ -345,6 +381,11 @@ fn build_swarm(config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
                 [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
             );
+            let blob = request_response::Behaviour::with_codec(
+                FrameCodec::new(MAX_BLOB_FRAME),
+                [(StreamProtocol::new(BLOB_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+            );
             let rpc = request_response::Behaviour::with_codec(
                 FrameCodec::new(MAX_RPC_MESSAGE_BYTES),
                 [(StreamProtocol::new(RPC_PROTOCOL), ProtocolSupport::Inbound)],
@@ -354,6 +395,7 @@ fn build_swarm(config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
                 blocked: allow_block_list::Behaviour::default(),
                 gossipsub,
                 sync,
+                blob,
                 rpc,
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -455,6 +497,8 @@ pub async fn start(
             events,
             pending_sync: HashMap::new(),
             sync_channels: HashMap::new(),
+            pending_blob: HashMap::new(),
+            blob_channels: HashMap::new(),
             rpc_channels: HashMap::new(),
             next_ticket: 0,
             penalties: HashMap::new(),
@@ -578,6 +622,15 @@ impl EventLoop {
             Command::RespondSync { ticket, data } => {
                 if let Some(channel) = self.sync_channels.remove(&ticket) {
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, data);
+                }
+            }
+            Command::BlobRequest { peer, data, reply } => {
+                let id = self.swarm.behaviour_mut().blob.send_request(&peer, data);
+                self.pending_blob.insert(id, reply);
+            }
+            Command::RespondBlob { ticket, data } => {
+                if let Some(channel) = self.blob_channels.remove(&ticket) {
+                    let _ = self.swarm.behaviour_mut().blob.send_response(channel, data);
                 }
             }
             Command::RespondRpc { ticket, data } => {
@@ -768,6 +821,49 @@ impl EventLoop {
             }) => {
                 if matches!(error, request_response::InboundFailure::Io(_)) {
                     self.penalise(peer, 20, &format!("malformed sync request: {error}"));
+                }
+            }
+            BehaviourEvent::Blob(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let ticket = self.ticket();
+                        self.blob_channels.insert(ticket, channel);
+                        let _ = self.events.send(NetworkEvent::BlobRequest {
+                            peer,
+                            ticket,
+                            data: request,
+                        });
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(reply) = self.pending_blob.remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Blob(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(reply) = self.pending_blob.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            BehaviourEvent::Blob(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.penalise(peer, 20, &format!("malformed blob request: {error}"));
                 }
             }
             BehaviourEvent::Rpc(request_response::Event::Message {

@@ -12,6 +12,7 @@ use std::io;
 use async_trait::async_trait;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
+use protocol::rpc::{BlobChunk, BlobName};
 use protocol::{Block, BlockHash, Header};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,12 @@ pub const BLOCKS_TOPIC: &str = "/gradchain/1/blocks";
 pub const TXS_TOPIC: &str = "/gradchain/1/txs";
 /// The request-response protocol for headers-first sync.
 pub const SYNC_PROTOCOL: &str = "/gradchain/sync/1";
+/// The request-response protocol moving blobs (datasets, weights) in chunks.
+pub const BLOB_PROTOCOL: &str = "/gradchain/blob/1";
+/// Largest blob frame: one chunk plus its envelope.
+pub const MAX_BLOB_FRAME: usize = 1024 * 1024 + 4096;
+/// The largest chunk a peer sends in one blob response.
+pub const BLOB_CHUNK_BYTES: u32 = 256 * 1024;
 /// The identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/gradchain/id/1";
 /// Largest sync frame.
@@ -54,6 +61,26 @@ pub enum SyncResponse {
     Blocks(Vec<Block>),
     /// The request was refused.
     Error(String),
+}
+
+/// A blob request between peers: a slice of a blob by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRequest {
+    /// Which blob.
+    pub name: BlobName,
+    /// First byte wanted.
+    pub offset: u64,
+    /// Most bytes wanted; the answer holds at most [`BLOB_CHUNK_BYTES`].
+    pub max_len: u32,
+}
+
+/// A blob response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobResponse {
+    /// A slice of the blob.
+    Chunk(BlobChunk),
+    /// The peer does not hold it.
+    NotFound,
 }
 
 /// Length-prefixed opaque frames with a size cap.

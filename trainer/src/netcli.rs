@@ -1,0 +1,547 @@
+//! The trainer's network commands (DESIGN §5): `dataset put`, `job post`,
+//! `work` and `predict`, all over the peer RPC of one node.
+//!
+//! This is the binary's edge: it parses flags, talks to the node through
+//! [`trainer::rpc_client`], prints results and turns failures into one
+//! clear error line. Training, hashing and replay stay in the library; this
+//! module must never sign with a key it was not given or submit a result it
+//! did not train itself.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use ed25519_dalek::SigningKey;
+use libp2p::Multiaddr;
+use protocol::job::{check_acceptance, worker_seed};
+use protocol::rpc::{BlobKind, BlobName, PredictionOut, RpcRequest, RpcResponse};
+use protocol::{
+    Acceptance, Address, Amount, Digest, F32Bits, Height, JobId, JobSpec, TxBody, TxKind,
+};
+use trainer::rpc_client;
+use trainer::{Dataset, DatasetLimits, OptimizerKind, TaskKind, TrainSettings};
+
+/// How long one RPC may take.
+const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the worker looks for open jobs.
+const POLL: Duration = Duration::from_secs(1);
+/// Chunk size asked for when downloading a blob.
+const CHUNK: u32 = 1024 * 1024;
+
+/// `dataset put` arguments.
+#[derive(clap::Args, Debug)]
+pub struct DatasetPutArgs {
+    /// The node to store the dataset on.
+    #[arg(long, value_name = "MULTIADDR")]
+    node: Multiaddr,
+    /// CSV file: header row, numeric columns, target last.
+    #[arg(value_name = "FILE.csv")]
+    file: PathBuf,
+    /// What the target column holds.
+    #[arg(long, value_parser = ["classification", "regression"])]
+    task: String,
+}
+
+/// The `dataset` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum DatasetCommand {
+    /// Store a CSV dataset on a node as a canonical blob; prints its digest.
+    Put(DatasetPutArgs),
+}
+
+/// `job post` arguments.
+#[derive(clap::Args, Debug)]
+pub struct JobPostArgs {
+    /// The node to submit to.
+    #[arg(long, value_name = "MULTIADDR")]
+    node: Multiaddr,
+    /// Key file of the poster (64 hex characters).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Digest of a dataset the node holds (from `dataset put`).
+    #[arg(long, value_name = "DIGEST")]
+    dataset: String,
+    /// Hidden layer widths, comma-separated [default: 64,64].
+    #[arg(long)]
+    hidden: Option<String>,
+    /// Optimizer [default: adam].
+    #[arg(long, value_parser = ["sgd", "adam"])]
+    optimizer: Option<String>,
+    /// Learning rate.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// L1 penalty on weights.
+    #[arg(long)]
+    l1: Option<f32>,
+    /// L2 penalty on weights.
+    #[arg(long)]
+    l2: Option<f32>,
+    /// Rows per mini-batch.
+    #[arg(long)]
+    batch: Option<u32>,
+    /// Passes over the training rows.
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Base seed of the split.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Optimizer steps between checkpoints, 0 for none.
+    #[arg(long)]
+    checkpoint_interval: Option<u32>,
+    /// The reward, in base units.
+    #[arg(long)]
+    bounty: u64,
+    /// Fee in base units.
+    #[arg(long, default_value_t = 1)]
+    fee: u64,
+    /// Blocks until the job expires.
+    #[arg(long, default_value_t = 1000)]
+    expires_in: u64,
+    /// Least test accuracy for the bounty (classification).
+    #[arg(long, conflicts_with = "max_mse")]
+    min_accuracy: Option<f64>,
+    /// Largest test MSE for the bounty (regression).
+    #[arg(long)]
+    max_mse: Option<f32>,
+}
+
+/// The `job` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum JobCommand {
+    /// Post a training job with a bounty; prints the job id.
+    Post(Box<JobPostArgs>),
+}
+
+/// `work` arguments.
+#[derive(clap::Args, Debug)]
+pub struct WorkArgs {
+    /// The node to watch and submit to.
+    #[arg(long, value_name = "MULTIADDR")]
+    node: Multiaddr,
+    /// Key file of the worker (64 hex characters); the bounty goes to it.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Stop after submitting one result.
+    #[arg(long)]
+    once: bool,
+    /// Fee in base units.
+    #[arg(long, default_value_t = 1)]
+    fee: u64,
+    /// Give up after this many seconds without reaching the node.
+    #[arg(long, default_value_t = 60)]
+    unreachable_secs: u64,
+}
+
+/// `predict` arguments.
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    /// The node to ask.
+    #[arg(long, value_name = "MULTIADDR")]
+    node: Multiaddr,
+    /// The fulfilled job whose model answers.
+    #[arg(long, value_name = "JOB_ID")]
+    job: String,
+    /// One input row, comma-separated; repeat for more rows.
+    #[arg(long, required = true, allow_hyphen_values = true)]
+    input: Vec<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn ask(node: &Multiaddr, request: RpcRequest) -> anyhow::Result<RpcResponse> {
+    match rpc_client::call(node, &request, RPC_TIMEOUT).await? {
+        RpcResponse::Error(err) => bail!("node refused: {:?}: {}", err.code, err.message),
+        other => Ok(other),
+    }
+}
+
+fn parse_digest(text: &str, what: &str) -> anyhow::Result<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes)
+        .map_err(|_| anyhow!("{what} {text:?} is not 64 hex characters"))?;
+    Ok(bytes)
+}
+
+/// Reads a key file: one line, a 32-byte ed25519 seed as 64 hex characters
+/// (the node's `keygen` format).
+pub fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading key file {}", path.display()))?;
+    let text = text.trim();
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text, &mut seed).map_err(|_| {
+        anyhow!(
+            "key file {} holds {} characters of text, expected 64 hex characters",
+            path.display(),
+            text.len()
+        )
+    })?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Downloads a whole blob from the node and checks its SHA-256.
+async fn get_blob(node: &Multiaddr, name: BlobName) -> anyhow::Result<Vec<u8>> {
+    let mut bytes: Vec<u8> = Vec::new();
+    loop {
+        let offset = u64::try_from(bytes.len())?;
+        let chunk = match ask(
+            node,
+            RpcRequest::GetBlob {
+                name,
+                offset,
+                max_len: CHUNK,
+            },
+        )
+        .await?
+        {
+            RpcResponse::BlobChunk(chunk) => chunk,
+            other => bail!("unexpected answer to a blob request: {other:?}"),
+        };
+        if chunk.offset != offset {
+            bail!("blob chunk at offset {}, expected {offset}", chunk.offset);
+        }
+        bytes.extend_from_slice(&chunk.bytes);
+        let have = u64::try_from(bytes.len())?;
+        if have >= chunk.total {
+            let got = Digest(protocol::sha256(&bytes));
+            if have != chunk.total || got != chunk.digest {
+                bail!("blob bytes hash to {got}, expected {}", chunk.digest);
+            }
+            if let BlobName::Content(expected) = name {
+                if got != expected {
+                    bail!("blob bytes hash to {got}, expected {expected}");
+                }
+            }
+            return Ok(bytes);
+        }
+        if chunk.bytes.is_empty() {
+            bail!(
+                "node sent an empty chunk at offset {offset} of {}",
+                chunk.total
+            );
+        }
+    }
+}
+
+/// `dataset put`.
+pub fn dataset_put(args: DatasetPutArgs) -> anyhow::Result<()> {
+    let kind = if args.task == "regression" {
+        TaskKind::Regression
+    } else {
+        TaskKind::Classification
+    };
+    let dataset = Dataset::from_csv_file(&args.file, kind, &DatasetLimits::default())
+        .map_err(|e| anyhow!("{}: {e}", args.file.display()))?;
+    let blob = dataset.to_blob();
+    let expected = dataset.digest();
+    let stored = runtime()?.block_on(async {
+        match ask(
+            &args.node,
+            RpcRequest::PutBlob {
+                kind: BlobKind::Dataset,
+                bytes: blob,
+            },
+        )
+        .await?
+        {
+            RpcResponse::BlobStored(digest) => Ok(digest),
+            other => Err(anyhow!("unexpected answer: {other:?}")),
+        }
+    })?;
+    if stored != expected {
+        bail!("node stored the dataset as {stored}, expected {expected}");
+    }
+    tracing::info!(dataset = %stored, rows = dataset.rows(), features = dataset.features(), "dataset stored");
+    println!("{stored}");
+    Ok(())
+}
+
+fn parse_hidden(text: &str) -> anyhow::Result<Vec<u32>> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|w| {
+            w.trim()
+                .parse::<u32>()
+                .map_err(|_| anyhow!("{w:?} is not a layer width, expected a list like 64,64"))
+        })
+        .collect()
+}
+
+/// `job post`.
+pub fn job_post(args: JobPostArgs) -> anyhow::Result<()> {
+    let key = load_key(&args.key)?;
+    let digest = Digest(parse_digest(&args.dataset, "dataset digest")?);
+    runtime()?.block_on(async {
+        let blob = get_blob(&args.node, BlobName::Content(digest)).await?;
+        let dataset = Dataset::from_blob(&blob, &DatasetLimits::default())?;
+        let d = TrainSettings::default();
+        let settings = TrainSettings {
+            hidden: match &args.hidden {
+                Some(h) => parse_hidden(h)?,
+                None => d.hidden,
+            },
+            loss: None,
+            optimizer: match args.optimizer.as_deref() {
+                Some("sgd") => OptimizerKind::Sgd,
+                Some(_) => OptimizerKind::Adam,
+                None => d.optimizer,
+            },
+            lr: args.lr.or(d.lr),
+            momentum: args.momentum.unwrap_or(d.momentum),
+            l1: args.l1.unwrap_or(d.l1),
+            l2: args.l2.unwrap_or(d.l2),
+            batch: args.batch.unwrap_or(d.batch),
+            epochs: args.epochs.unwrap_or(d.epochs),
+            seed: args.seed.unwrap_or(d.seed),
+            checkpoint_interval: args.checkpoint_interval.unwrap_or(d.checkpoint_interval),
+        };
+        let mut spec: JobSpec = settings.job_spec(&dataset)?;
+        spec.acceptance = match (spec.acceptance, args.min_accuracy, args.max_mse) {
+            (Acceptance::MinAccuracy { .. }, Some(x), None) if (0.0..=1.0).contains(&x) => {
+                let ppm = (x * 1_000_000.0).round();
+                Acceptance::MinAccuracy {
+                    ppm: format!("{ppm:.0}").parse::<u32>().unwrap_or(1_000_000),
+                }
+            }
+            (Acceptance::MaxMse { .. }, None, Some(x)) if x.is_finite() && x >= 0.0 => {
+                Acceptance::MaxMse {
+                    mse: F32Bits::from_f32(x),
+                }
+            }
+            (a, None, None) => a,
+            (_, accuracy, mse) => bail!(
+                "--min-accuracy {accuracy:?} / --max-mse {mse:?} do not fit a {:?} dataset, expected --min-accuracy in [0, 1] for classification or --max-mse >= 0 for regression",
+                spec.task
+            ),
+        };
+        let from = Address::from_verifying_key(&key.verifying_key());
+        let (chain_id, height) = match ask(&args.node, RpcRequest::Status).await? {
+            RpcResponse::Status(s) => (s.chain_id, s.height),
+            other => bail!("unexpected answer: {other:?}"),
+        };
+        let nonce = match ask(&args.node, RpcRequest::Balance(from)).await? {
+            RpcResponse::Balance(b) => b.next_nonce,
+            other => bail!("unexpected answer: {other:?}"),
+        };
+        let expires_at = height
+            .0
+            .checked_add(args.expires_in)
+            .ok_or_else(|| anyhow!("--expires-in {} overflows the height", args.expires_in))?;
+        let tx = TxBody {
+            from,
+            nonce,
+            fee: Amount(args.fee),
+            kind: TxKind::PostJob {
+                spec,
+                bounty: Amount(args.bounty),
+                expires_at: Height(expires_at),
+            },
+        }
+        .sign(&key, chain_id)?;
+        match ask(&args.node, RpcRequest::SubmitTx(tx)).await? {
+            RpcResponse::TxAccepted(id) => {
+                let job = JobId::from(id);
+                tracing::info!(%job, dataset = %digest, bounty = args.bounty, "job posted");
+                println!("{job}");
+                Ok(())
+            }
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    })
+}
+
+/// `work`: watch open jobs, train each with this worker's seed, upload the
+/// weights and submit the result.
+pub fn work(args: WorkArgs) -> anyhow::Result<()> {
+    let key = load_key(&args.key)?;
+    let worker = Address::from_verifying_key(&key.verifying_key());
+    tracing::info!(%worker, node = %args.node, "worker started");
+    runtime()?.block_on(async {
+        let mut tried: HashSet<JobId> = HashSet::new();
+        let mut last_contact = Instant::now();
+        loop {
+            let jobs = match rpc_client::call(
+                &args.node,
+                &RpcRequest::Jobs { open_only: true },
+                RPC_TIMEOUT,
+            )
+            .await
+            {
+                Ok(RpcResponse::Jobs(jobs)) => {
+                    last_contact = Instant::now();
+                    jobs
+                }
+                Ok(other) => bail!("unexpected answer to jobs: {other:?}"),
+                Err(err) => {
+                    if last_contact.elapsed() > Duration::from_secs(args.unreachable_secs) {
+                        bail!("giving up after {}s: {err}", args.unreachable_secs);
+                    }
+                    tracing::warn!(reason = %err, "node unreachable, retrying");
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            };
+            let next = jobs.into_iter().find(|(id, _)| !tried.contains(id));
+            let Some((job, record)) = next else {
+                tokio::time::sleep(POLL).await;
+                continue;
+            };
+            tried.insert(job);
+            match work_one(&args, &key, worker, job, &record.spec).await {
+                Ok(true) if args.once => return Ok(()),
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%job, reason = %format!("{err:#}"), "job failed");
+                    if args.once {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Trains one job and submits the result; `false` when the model missed
+/// the job's bar and nothing was submitted.
+async fn work_one(
+    args: &WorkArgs,
+    key: &SigningKey,
+    worker: Address,
+    job: JobId,
+    spec: &JobSpec,
+) -> anyhow::Result<bool> {
+    let digest = spec.dataset.digest;
+    tracing::info!(%job, dataset = %digest, "fetching dataset");
+    let blob = get_blob(&args.node, BlobName::Content(digest)).await?;
+    let dataset = Dataset::from_blob(&blob, &DatasetLimits::default())?;
+    let seed = worker_seed(&job, &worker, spec.base_seed);
+    tracing::info!(%job, seed, epochs = spec.epochs, "training");
+    let started = Instant::now();
+    let train_spec = spec.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        trainer::train(&train_spec, &dataset, seed, &mut |_| {})
+    })
+    .await??;
+    let result = outcome.result;
+    tracing::info!(%job, weights = %result.weights, metric = %result.metric, seconds = started.elapsed().as_secs_f64(), "trained");
+    if let Err(err) = check_acceptance(spec, &result.metric) {
+        tracing::warn!(%job, reason = %err, "model misses the job's bar, not submitting");
+        return Ok(false);
+    }
+    let path = std::env::temp_dir().join(format!(
+        "gradchain-weights-{}-{}.safetensors",
+        std::process::id(),
+        job
+    ));
+    outcome.model.save(&path)?;
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    match ask(
+        &args.node,
+        RpcRequest::PutBlob {
+            kind: BlobKind::Weights,
+            bytes,
+        },
+    )
+    .await?
+    {
+        RpcResponse::BlobStored(file) => {
+            tracing::info!(%job, file = %file, weights = %result.weights, "weights uploaded")
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+    let chain_id = match ask(&args.node, RpcRequest::Status).await? {
+        RpcResponse::Status(s) => s.chain_id,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let nonce = match ask(&args.node, RpcRequest::Balance(worker)).await? {
+        RpcResponse::Balance(b) => b.next_nonce,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let tx = TxBody {
+        from: worker,
+        nonce,
+        fee: Amount(args.fee),
+        kind: TxKind::SubmitResult { job, result },
+    }
+    .sign(key, chain_id)?;
+    match ask(&args.node, RpcRequest::SubmitTx(tx)).await? {
+        RpcResponse::TxAccepted(id) => {
+            tracing::info!(%job, tx = %id, "result submitted");
+            println!("{id}");
+            Ok(true)
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// `predict`.
+pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    let job = JobId(parse_digest(&args.job, "job id")?);
+    let mut rows = Vec::new();
+    for (index, row) in args.input.iter().enumerate() {
+        let values = row
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse::<f32>()
+                    .map(F32Bits::from_f32)
+                    .map_err(|_| anyhow!("input row {index}: {v:?} is not a number"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        rows.push(values);
+    }
+    let predictions = runtime()?.block_on(async {
+        match ask(&args.node, RpcRequest::Predict { job, rows }).await? {
+            RpcResponse::Predictions(p) => Ok(p),
+            other => Err(anyhow!("unexpected answer: {other:?}")),
+        }
+    })?;
+    let json: Vec<serde_json::Value> = predictions
+        .iter()
+        .map(|p| match p {
+            PredictionOut::Class {
+                class,
+                probabilities,
+            } => serde_json::json!({
+                "class": class,
+                "probabilities": probabilities.iter().map(|p| p.to_f32()).collect::<Vec<_>>(),
+            }),
+            PredictionOut::Value(v) => serde_json::json!({ "value": v.to_f32() }),
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::json!({ "predictions": json }));
+    } else {
+        for p in &predictions {
+            match p {
+                PredictionOut::Class {
+                    class,
+                    probabilities,
+                } => {
+                    let best = probabilities
+                        .get(usize::try_from(*class).unwrap_or(usize::MAX))
+                        .map_or(0.0, |p| p.to_f32());
+                    println!("class {class} (probability {best:.4})");
+                }
+                PredictionOut::Value(v) => println!("value {}", v.to_f32()),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! The trainer's network commands fail clearly when the node cannot be
+//! reached or the arguments are wrong: one error line naming the problem
+//! and a non-zero exit, never a panic. (The commands working against real
+//! nodes is tested in node/tests/jobs_cli.rs, which starts the nodes.)
+
+use std::process::Command;
+
+/// A loopback port nothing listens on: bound, then released.
+fn dead_addr() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    Ok(format!("/ip4/127.0.0.1/tcp/{port}"))
+}
+
+fn run(args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let output = Command::new(env!("CARGO_BIN_EXE_gradchain-trainer"))
+        .args(args)
+        .output()?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn an_unreachable_node_is_a_clear_error() -> anyhow::Result<()> {
+    let node = dead_addr()?;
+    let csv = concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/iris.csv");
+    let (ok, stderr) = run(&[
+        "dataset",
+        "put",
+        "--node",
+        &node,
+        csv,
+        "--task",
+        "classification",
+    ])?;
+    assert!(!ok);
+    assert!(stderr.contains("cannot reach node at"), "{stderr}");
+
+    let key = std::env::temp_dir().join(format!("gradchain-net-cli-{}.key", std::process::id()));
+    std::fs::write(&key, format!("{}\n", "11".repeat(32)))?;
+    let (ok, stderr) = run(&[
+        "work",
+        "--node",
+        &node,
+        "--key",
+        &key.display().to_string(),
+        "--once",
+        "--unreachable-secs",
+        "0",
+    ])?;
+    let _ = std::fs::remove_file(&key);
+    assert!(!ok);
+    assert!(
+        stderr.contains("giving up after 0s") && stderr.contains("cannot reach node"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_arguments_are_one_clear_line() -> anyhow::Result<()> {
+    let node = dead_addr()?;
+    let (ok, stderr) = run(&["predict", "--node", &node, "--job", "zz", "--input", "1,2"])?;
+    assert!(!ok);
+    assert!(
+        stderr.contains("job id \"zz\" is not 64 hex characters"),
+        "{stderr}"
+    );
+
+    let job = "ab".repeat(32);
+    let (ok, stderr) = run(&["predict", "--node", &node, "--job", &job, "--input", "1,x"])?;
+    assert!(!ok);
+    assert!(stderr.contains("\"x\" is not a number"), "{stderr}");
+
+    let missing = std::env::temp_dir().join("gradchain-no-such-key-file");
+    let (ok, stderr) = run(&[
+        "job",
+        "post",
+        "--node",
+        &node,
+        "--key",
+        &missing.display().to_string(),
+        "--dataset",
+        &job,
+        "--bounty",
+        "5",
+    ])?;
+    assert!(!ok);
+    assert!(stderr.contains("reading key file"), "{stderr}");
+    Ok(())
+}
