@@ -1,8 +1,8 @@
 //! The trainer's peer-RPC client: dials a node, sends one request over
 //! `/gradchain/rpc/1`, waits for the answer.
 //!
-//! The trainer must never link the node, so this is a second, small copy of
-//! the node's client and of its framing (node/src/net/wire.rs): a
+//! The trainer must never link the node, so the client lives here and the
+//! node's CLI re-exports it. Frames are those of node/src/net/wire.rs: a
 //! little-endian `u32` length, then that many bytes of the canonical codec,
 //! refused above [`MAX_RPC_MESSAGE_BYTES`] before anything is allocated. The
 //! framing reads and writes streams, so it cannot live in the pure
@@ -152,19 +152,29 @@ pub async fn call(
         addr: addr.clone(),
         reason: e.to_string(),
     })?;
-    let seconds = timeout.as_secs();
-    let answer = tokio::time::timeout(timeout, exchange(addr, bytes))
-        .await
-        .map_err(|_| RpcClientError::Timeout {
-            addr: addr.clone(),
-            seconds,
-        })??;
+    let answer = call_bytes(addr, bytes, timeout).await?;
     codec::decode_with_limit(&answer, MAX_RPC_MESSAGE_BYTES).map_err(|e| {
         RpcClientError::Malformed {
             addr: addr.clone(),
             reason: e.to_string(),
         }
     })
+}
+
+/// Sends raw request bytes and returns the raw answer (tests use it to send
+/// bytes that are not a valid request).
+pub async fn call_bytes(
+    addr: &Multiaddr,
+    request: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, RpcClientError> {
+    let seconds = timeout.as_secs();
+    tokio::time::timeout(timeout, exchange(addr, request))
+        .await
+        .map_err(|_| RpcClientError::Timeout {
+            addr: addr.clone(),
+            seconds,
+        })?
 }
 
 async fn exchange(addr: &Multiaddr, request: Vec<u8>) -> Result<Vec<u8>, RpcClientError> {
