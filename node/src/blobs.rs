@@ -1,4 +1,5 @@
-//! The blob store: datasets and weights files kept by the SHA-256 of their
+//! The blob store: datasets, weights files and training states kept by the
+//! SHA-256 of their
 //! bytes in their own redb file (`blobs.redb`), and the fetching of blobs
 //! from peers over `/gradchain/blob/1` in capped chunks.
 //!
@@ -23,7 +24,8 @@ use protocol::codec;
 use protocol::rpc::{BlobChunk, BlobKind, BlobName, MAX_BLOB_BYTES};
 use protocol::Digest;
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
-use trainer::{Dataset, DatasetLimits, DatasetSource};
+use trainer::verify::BlobSource;
+use trainer::{Dataset, DatasetLimits};
 
 use crate::net::network::NetworkClient;
 use crate::net::wire::{BlobRequest, BlobResponse, BLOB_CHUNK_BYTES, MAX_BLOB_FRAME};
@@ -121,6 +123,9 @@ impl BlobStore {
                 trainer::weights::tensor_digest_of_file(bytes)
                     .map_err(|e| BlobError::BadWeights(e.to_string()))?,
             ),
+            // A state is checked by whoever replays from it, against the
+            // spec of its job; here it is only content-addressed.
+            BlobKind::State => None,
         };
         self.write(digest, bytes, tensor)?;
         Ok(digest)
@@ -229,8 +234,8 @@ impl BlobStore {
     }
 }
 
-impl DatasetSource for BlobStore {
-    fn dataset_blob(&self, digest: &Digest) -> Option<Vec<u8>> {
+impl BlobSource for BlobStore {
+    fn blob(&self, digest: &Digest) -> Option<Vec<u8>> {
         self.get(digest).ok().flatten()
     }
 }

@@ -5,6 +5,11 @@
 //! is testable without a network or a runtime; the chain task in
 //! [`crate::service`] owns one and is the only thing that ever calls it.
 //! It must never be shared behind a lock or touched from two threads.
+//!
+//! A block whose validation needs data this node does not hold yet (the
+//! state a fraud proof opens, a job's dataset) is *parked*: stored, left off
+//! the main chain, retried by [`Chain::retry_parked`], and never marked
+//! invalid. Only a consensus failure makes a block invalid.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -17,34 +22,62 @@ use protocol::validation::{
     median_time_past, template_state_root, undo_block, HeaderContext, MEDIAN_TIME_SPAN,
 };
 use protocol::{
-    merkle_root, Address, Block, BlockError, BlockHash, ChainParams, Coinbase, Header, HeaderError,
-    Height, SignedTx, State, TrainingVerifier, Transaction, TxId, VerifyError,
+    merkle_root, Address, Amount, Block, BlockError, BlockHash, ChainParams, Coinbase,
+    DeferReplays, Digest, Header, HeaderError, Height, JobId, JobSpec, Judged, SegmentLeaf,
+    SegmentVerifier, SignedTx, State, Transaction, TxId, VerifyError,
 };
 
 use crate::mempool::{Mempool, MempoolError, MempoolLimits, TipContext};
 use crate::store::{StateDelta, Store, StoreError, StoredIndex};
 
-/// The verifier used while no training engine is linked: every result is
-/// refused, so no job can be fulfilled by this build.
+/// The verifier used while no training engine is linked: it cannot judge
+/// any fraud proof, so blocks carrying one wait (parked) instead of being
+/// judged wrongly either way.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoTrainingEngine;
 
-impl TrainingVerifier for NoTrainingEngine {
-    fn verify(
-        &self,
-        _job: &protocol::JobId,
-        _spec: &protocol::JobSpec,
-        _worker: &Address,
-        _claimed: &protocol::JobResult,
-    ) -> Result<(), VerifyError> {
-        Err(VerifyError::Replay(
+impl NoTrainingEngine {
+    fn refuse<T>(&self) -> Result<Judged<T>, VerifyError> {
+        Err(VerifyError::Internal(
             "no training engine in this build".into(),
         ))
     }
 }
 
-/// The shared, swappable training verifier handed to the chain.
-pub type SharedVerifier = Arc<dyn TrainingVerifier + Send + Sync>;
+impl SegmentVerifier for NoTrainingEngine {
+    fn initial_state(
+        &self,
+        _: &JobId,
+        _: &JobSpec,
+        _: &Address,
+    ) -> Result<Judged<Digest>, VerifyError> {
+        self.refuse()
+    }
+
+    fn replay_segment(
+        &self,
+        _: &JobId,
+        _: &JobSpec,
+        _: &Address,
+        _: u32,
+        _: &Digest,
+    ) -> Result<Judged<SegmentLeaf>, VerifyError> {
+        self.refuse()
+    }
+
+    fn final_result(
+        &self,
+        _: &JobId,
+        _: &JobSpec,
+        _: &Address,
+        _: &Digest,
+    ) -> Result<Judged<protocol::FinalOutcome>, VerifyError> {
+        self.refuse()
+    }
+}
+
+/// The shared, swappable segment verifier handed to the chain.
+pub type SharedVerifier = Arc<dyn SegmentVerifier + Send + Sync>;
 
 /// Most blocks waiting for a missing parent.
 pub const MAX_ORPHANS: usize = 128;
@@ -76,6 +109,15 @@ pub enum ChainError {
         /// The block.
         hash: BlockHash,
     },
+    /// The block is stored but cannot be judged until this node holds some
+    /// data; it is parked and retried. Nobody is at fault.
+    #[error("block {hash} is parked until data arrives: {source}")]
+    AwaitingData {
+        /// The block.
+        hash: BlockHash,
+        /// What could not be judged.
+        source: BlockError,
+    },
     /// The store failed; the chain stays on its last committed tip.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -87,7 +129,7 @@ impl ChainError {
         match self {
             Self::InvalidHeader { source, .. } => !matches!(source, HeaderError::TimeTooNew { .. }),
             Self::InvalidBlock { .. } | Self::KnownInvalid { .. } => true,
-            Self::Store(_) => false,
+            Self::AwaitingData { .. } | Self::Store(_) => false,
         }
     }
 }
@@ -216,6 +258,9 @@ pub struct Chain {
     mempool_version: u64,
     verifier: SharedVerifier,
     next_seq: u64,
+    /// Blocks that could not be judged for want of data, with what was
+    /// missing; left off the main chain until [`Chain::retry_parked`].
+    parked: HashMap<BlockHash, Option<Digest>>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -282,12 +327,13 @@ impl Chain {
             mempool_version: 0,
             verifier,
             next_seq,
+            parked: HashMap::new(),
         };
         if let Some(best) = chain.best_candidate() {
             if chain.index.get(&best).map(|e| e.work) > Some(chain.total_work()) {
                 let activation = chain.activate(best)?;
                 if let Some((bad, source)) = activation.failed {
-                    tracing::warn!(block = %bad, reason = %source, "stored block failed to connect on start-up");
+                    tracing::warn!(block = %bad, reason = %source, "stored block did not connect on start-up");
                 }
             }
         }
@@ -552,6 +598,9 @@ impl Chain {
         if work > self.total_work() {
             let activation = self.activate(hash)?;
             if let Some((bad, source)) = activation.failed {
+                if source.is_node_local() {
+                    return Err(ChainError::AwaitingData { hash: bad, source });
+                }
                 return Err(ChainError::InvalidBlock { hash: bad, source });
             }
             let reorg = activation.reorg;
@@ -586,11 +635,13 @@ impl Chain {
     }
 
     /// The stored block with the most work (first seen wins ties) that is
-    /// not known to be invalid.
+    /// not known to be invalid and not parked. (A descendant of a parked
+    /// block may be picked; connecting its branch parks again at the same
+    /// block and leaves the main chain where it was.)
     fn best_candidate(&self) -> Option<BlockHash> {
         self.index
             .iter()
-            .filter(|(hash, _)| !self.invalid.contains(*hash))
+            .filter(|(hash, _)| !self.invalid.contains(*hash) && !self.parked.contains_key(*hash))
             .max_by(|(_, a), (_, b)| a.work.cmp(&b.work).then(b.seq.cmp(&a.seq)))
             .map(|(hash, _)| *hash)
     }
@@ -628,8 +679,15 @@ impl Chain {
                 break;
             }
         }
-        if let Some((bad, _)) = &failed {
-            self.mark_invalid(*bad);
+        if let Some((bad, source)) = &failed {
+            if source.is_node_local() {
+                // Not the block's fault: keep it, judge it again later.
+                let missing = missing_data(source);
+                tracing::warn!(block = %bad, reason = %source, "block parked until its data arrives");
+                self.parked.insert(*bad, missing);
+            } else {
+                self.mark_invalid(*bad);
+            }
             if self.total_work() < old_work {
                 while self.height() > fork_height {
                     self.disconnect_tip()?;
@@ -646,10 +704,12 @@ impl Chain {
         }
         let now = Instant::now();
         let next_height = self.height().next().unwrap_or(self.height());
+        // Re-admission is cheap: fraud proofs are not replayed for the
+        // mempool (the block that includes them pays for that).
         let ctx = TipContext {
             params: &self.params,
             next_height,
-            verifier: &*self.verifier,
+            verifier: &DeferReplays,
         };
         for block in disconnected.iter().rev() {
             for tx in &block.txs {
@@ -747,13 +807,55 @@ impl Chain {
         Ok(block)
     }
 
+    /// Blocks parked for want of data, with the digest each was missing when
+    /// known.
+    pub fn parked(&self) -> Vec<(BlockHash, Option<Digest>)> {
+        self.parked.iter().map(|(h, d)| (*h, *d)).collect()
+    }
+
+    /// Judges the parked blocks again: forgets that they were parked and
+    /// switches to the best branch if it has more work than the tip. A block
+    /// still missing its data is parked again. Returns the new tip when the
+    /// main chain moved.
+    pub fn retry_parked(&mut self) -> Result<Option<BlockOutcome>, ChainError> {
+        if self.parked.is_empty() {
+            return Ok(None);
+        }
+        self.parked.clear();
+        let Some(best) = self.best_candidate() else {
+            return Ok(None);
+        };
+        if self.index.get(&best).map(|e| e.work) <= Some(self.total_work()) {
+            return Ok(None);
+        }
+        let old_tip = self.tip();
+        let activation = self.activate(best)?;
+        if let Some((bad, source)) = &activation.failed {
+            if !source.is_node_local() {
+                tracing::warn!(block = %bad, reason = %source, "parked block is invalid");
+            }
+        }
+        if self.tip() == old_tip {
+            return Ok(None);
+        }
+        Ok(Some(BlockOutcome::NewTip {
+            height: self.height(),
+            hash: self.tip(),
+            txs: 0,
+            reorg: activation.reorg,
+        }))
+    }
+
     /// Validates `tx` against the tip and adds it to the mempool.
     pub fn submit_tx(&mut self, tx: SignedTx) -> Result<TxId, MempoolError> {
         let next_height = self.height().next().unwrap_or(self.height());
+        // Admission runs the cheap checks only: signature, nonce, fee, bond,
+        // the job's state and a fraud proof's Merkle paths. No replay: a
+        // transaction that is never mined must cost this node almost nothing.
         let ctx = TipContext {
             params: &self.params,
             next_height,
-            verifier: &*self.verifier,
+            verifier: &DeferReplays,
         };
         let id = self
             .mempool
@@ -785,24 +887,52 @@ impl Chain {
         // Room for the header, the coinbase and the length prefixes.
         let max_bytes = self.params.max_block_bytes.saturating_sub(1024);
         let max_txs = self.params.max_block_txs.saturating_sub(1);
-        let (txs, fees) = self
+        let (mut txs, _) = self
             .mempool
             .select(&mut self.state, &ctx, max_txs, max_bytes);
-        let amount = self
-            .params
-            .subsidy(height)
-            .checked_add(fees)
-            .ok_or(template_error(BlockError::Overflow("subsidy plus fees")))?;
-        let mut all = Vec::with_capacity(txs.len().saturating_add(1));
-        all.push(Transaction::Coinbase(Coinbase {
-            height,
-            miner,
-            amount,
-        }));
-        all.extend(txs.into_iter().map(Transaction::Signed));
-        let state_root =
-            template_state_root(&mut self.state, &all, height, &self.params, &*self.verifier)
-                .map_err(template_error)?;
+        // The mempool judges against the tip state; the block also settles
+        // and expires jobs at its start and replays its fraud proofs. A
+        // transaction that fails there is left out, with the rest of its
+        // sender's queue, and the template is built again: at most once per
+        // transaction.
+        let (all, state_root) = loop {
+            let fees = txs
+                .iter()
+                .try_fold(Amount::ZERO, |sum, tx| sum.checked_add(tx.body.fee))
+                .ok_or(template_error(BlockError::Overflow("fees")))?;
+            let amount = self
+                .params
+                .subsidy(height)
+                .checked_add(fees)
+                .ok_or(template_error(BlockError::Overflow("subsidy plus fees")))?;
+            let mut all = Vec::with_capacity(txs.len().saturating_add(1));
+            all.push(Transaction::Coinbase(Coinbase {
+                height,
+                miner,
+                amount,
+            }));
+            all.extend(txs.iter().cloned().map(Transaction::Signed));
+            match template_state_root(&mut self.state, &all, height, &self.params, &*self.verifier)
+            {
+                Ok(root) => break (all, root),
+                Err(BlockError::Tx { index, source, .. }) if index >= 1 => {
+                    let position = index.saturating_sub(1);
+                    if position >= txs.len() {
+                        return Err(template_error(BlockError::Tx {
+                            index,
+                            txid: TxId::default(),
+                            source,
+                        }));
+                    }
+                    let dropped = txs.remove(position);
+                    tracing::debug!(sender = %dropped.body.from, nonce = dropped.body.nonce, reason = %source, "transaction left out of the block template");
+                    txs.retain(|tx| {
+                        tx.body.from != dropped.body.from || tx.body.nonce < dropped.body.nonce
+                    });
+                }
+                Err(err) => return Err(template_error(err)),
+            }
+        };
         let ids = all
             .iter()
             .map(Transaction::id)
@@ -821,6 +951,20 @@ impl Chain {
             block: Block { header, txs: all },
             height,
         })
+    }
+}
+
+/// The digest a node-local block failure was waiting for, if it says.
+fn missing_data(source: &BlockError) -> Option<Digest> {
+    match source {
+        BlockError::Tx { source, .. } => match &**source {
+            protocol::TxError::Job(protocol::JobError::CannotJudge {
+                reason: VerifyError::DataUnavailable(digest),
+                ..
+            }) => Some(*digest),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

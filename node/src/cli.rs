@@ -48,6 +48,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the address of a key file.
+    Address {
+        /// The key file (64 hex characters).
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Exit 0 when the node answers a status request.
     Healthcheck {
         /// The node's multiaddr.
@@ -209,6 +215,14 @@ struct RunArgs {
     /// text or json.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Share of each pending result's segments to replay, 0 (no audits) to
+    /// 1 (everything); default 0.1.
+    #[arg(long)]
+    audit_fraction: Option<f64>,
+    /// Key file that signs and bonds fraud proofs (default: the miner key
+    /// kept in the data dir).
+    #[arg(long)]
+    audit_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +239,8 @@ struct FileConfig {
     mining_threads: Option<usize>,
     mine_interval_ms: Option<u64>,
     log_format: Option<LogFormat>,
+    audit_fraction: Option<f64>,
+    audit_key: Option<PathBuf>,
 }
 
 /// Runs the command line; the binary's whole `main`.
@@ -269,6 +285,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen { out } => {
             let address = keys::keygen(&out)?;
             println!("{address}");
+            Ok(())
+        }
+        Command::Address { key } => {
+            let key = keys::load_signing_key(&key)?;
+            println!(
+                "{}",
+                protocol::Address::from_verifying_key(&key.verifying_key())
+            );
             Ok(())
         }
         Command::Healthcheck { node, timeout } => {
@@ -466,6 +490,18 @@ fn node_config(args: RunArgs) -> anyhow::Result<(NodeConfig, LogFormat)> {
     if let Some(ms) = args.mine_interval_ms.or(file.mine_interval_ms) {
         config.mine_interval = Duration::from_millis(ms);
     }
+    if let Some(fraction) = args.audit_fraction.or(file.audit_fraction) {
+        if !(0.0..=1.0).contains(&fraction) {
+            bail!("--audit-fraction {fraction} is out of range, expected 0 (off) to 1 (every segment)");
+        }
+        config.audit.fraction = fraction;
+    }
+    let audit_key = match args.audit_key.or(file.audit_key) {
+        Some(path) => keys::load_signing_key(&path)
+            .map_err(|e| anyhow!("--audit-key {}: {e}", path.display()))?,
+        None => keys::default_miner_key(&config.data_dir)?,
+    };
+    config.audit.key = Some(std::sync::Arc::new(audit_key));
     let log_format = args
         .log_format
         .or(file.log_format)
@@ -526,22 +562,68 @@ fn work_json(work: &protocol::Work) -> Value {
 }
 
 fn job_json(id: &JobId, job: &JobRecord) -> Value {
+    let mut pending_at = None;
+    let mut settles_at = None;
+    let mut bond = None;
     let (status, worker, weights, metric, fulfilled_at) = match &job.status {
         JobStatus::Open => ("open", None, None, None, None),
+        JobStatus::Pending {
+            worker,
+            result,
+            height,
+            settles_at: settles,
+            bond: escrowed,
+            ..
+        } => {
+            pending_at = Some(height.0);
+            settles_at = Some(settles.0);
+            bond = Some(escrowed.0);
+            (
+                "pending",
+                Some(worker.to_string()),
+                Some(result.weights.to_string()),
+                Some(result.metric),
+                None,
+            )
+        }
         JobStatus::Fulfilled {
             worker,
             result,
             height,
+            submitted_at,
+            bond: returned,
             ..
-        } => (
-            "fulfilled",
-            Some(worker.to_string()),
-            Some(result.weights.to_string()),
-            Some(result.metric),
-            Some(height.0),
-        ),
+        } => {
+            pending_at = Some(submitted_at.0);
+            settles_at = Some(height.0);
+            bond = Some(returned.0);
+            (
+                "fulfilled",
+                Some(worker.to_string()),
+                Some(result.weights.to_string()),
+                Some(result.metric),
+                Some(height.0),
+            )
+        }
         JobStatus::Expired { .. } => ("expired", None, None, None, None),
     };
+    let challenges: Vec<Value> = job
+        .challenges
+        .iter()
+        .map(|c| {
+            json!({
+                "challenger": c.challenger.to_string(),
+                "worker": c.worker.to_string(),
+                "segment": c.segment,
+                "tx": c.tx.to_string(),
+                "height": c.height.0,
+                "outcome": match c.outcome {
+                    protocol::ChallengeOutcome::Proven => "proven",
+                    protocol::ChallengeOutcome::Refuted => "refuted",
+                },
+            })
+        })
+        .collect();
     let mut value = json!({
         "id": id.to_string(),
         "status": status,
@@ -553,6 +635,12 @@ fn job_json(id: &JobId, job: &JobRecord) -> Value {
         "fulfilled_at": fulfilled_at,
         "posted_at": job.posted_at.0,
         "expires_at": job.expires_at.0,
+        "segments": job.spec.segments,
+        "bond": bond.unwrap_or(job.spec.bond.0),
+        "challenge_window": job.spec.challenge_window,
+        "pending_at": pending_at,
+        "settles_at": settles_at,
+        "challenges": challenges,
     });
     if let Some(object) = value.as_object_mut() {
         match metric {
@@ -593,9 +681,29 @@ fn tx_json(tx: &Transaction) -> Value {
                     "post_job",
                     json!({"bounty": bounty.0, "expires_at": expires_at.0}),
                 ),
-                TxKind::SubmitResult { job, .. } => {
-                    ("submit_result", json!({"job": job.to_string()}))
-                }
+                TxKind::SubmitResult {
+                    job,
+                    result,
+                    leaves,
+                } => (
+                    "submit_result",
+                    json!({
+                        "job": job.to_string(),
+                        "segments_root": result.segments_root.to_string(),
+                        "loss_curve": leaves.iter().skip(1).map(|l| f64::from(l.loss.to_f32())).collect::<Vec<_>>(),
+                    }),
+                ),
+                TxKind::FraudProof { job, claim } => (
+                    "fraud_proof",
+                    json!({
+                        "job": job.to_string(),
+                        "claim": match claim {
+                            protocol::FraudClaim::InitialState { .. } => "initial_state".to_string(),
+                            protocol::FraudClaim::Segment { index, .. } => format!("segment {index}"),
+                            protocol::FraudClaim::Final { .. } => "final".to_string(),
+                        },
+                    }),
+                ),
             };
             let mut value = json!({
                 "id": tx.id().map(|i| i.to_string()).unwrap_or_default(),

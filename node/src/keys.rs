@@ -135,6 +135,13 @@ pub fn default_miner_address(data_dir: &Path) -> Result<Address, KeyError> {
     }
 }
 
+/// The miner key in the data dir, created on first use: the default key
+/// that signs and bonds this node's fraud proofs.
+pub fn default_miner_key(data_dir: &Path) -> Result<SigningKey, KeyError> {
+    default_miner_address(data_dir)?;
+    load_signing_key(&data_dir.join(MINER_KEY_FILE))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

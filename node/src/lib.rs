@@ -13,6 +13,7 @@ pub mod bench;
 pub mod blobs;
 pub mod chain;
 pub mod cli;
+pub mod jobs;
 pub mod keys;
 pub mod mempool;
 pub mod miner;

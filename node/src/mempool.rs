@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use protocol::state::Journal;
 use protocol::validation::{apply_transaction, check_tx_stateless};
 use protocol::{
-    Address, Amount, ChainParams, Height, SignedTx, State, TrainingVerifier, TxError, TxId,
+    Address, Amount, ChainParams, Height, SegmentVerifier, SignedTx, State, TxError, TxId,
 };
 
 /// Caps on what the mempool holds.
@@ -115,8 +115,9 @@ pub struct TipContext<'a> {
     pub params: &'a ChainParams,
     /// Height of the next block.
     pub next_height: Height,
-    /// Replays training for result transactions.
-    pub verifier: &'a dyn TrainingVerifier,
+    /// Replays segments for fraud proofs: [`protocol::DeferReplays`] on
+    /// admission, the node's verifier when a block template is selected.
+    pub verifier: &'a dyn SegmentVerifier,
 }
 
 impl Mempool {
@@ -412,18 +413,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
     use protocol::{TxBody, TxKind};
 
-    struct NoTraining;
-    impl TrainingVerifier for NoTraining {
-        fn verify(
-            &self,
-            _: &protocol::JobId,
-            _: &protocol::JobSpec,
-            _: &Address,
-            _: &protocol::JobResult,
-        ) -> Result<(), protocol::VerifyError> {
-            Err(protocol::VerifyError::Replay("none".into()))
-        }
-    }
+    use protocol::DeferReplays as NoTraining;
 
     fn transfer(key: &SigningKey, nonce: u64, fee: u64, amount: u64, chain_id: u32) -> SignedTx {
         TxBody {

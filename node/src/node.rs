@@ -1,6 +1,6 @@
 //! Wiring: builds the chain task, the network event loop, the sync driver,
-//! the gossip/RPC dispatcher and the miner from a [`NodeConfig`], and stops
-//! them in order.
+//! the gossip/RPC dispatcher, the parked-block data fetcher, the auditor and
+//! the miner from a [`NodeConfig`], and stops them in order.
 //!
 //! [`run`] takes the shutdown signal as an argument (SIGINT/SIGTERM in the
 //! binary, a channel in tests); [`start`] returns a [`RunningNode`] whose
@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::blobs::{self, BlobError, BlobStore, BLOB_FILE};
 use crate::chain::{Chain, ChainError, SharedVerifier};
+use crate::jobs::{self, AuditConfig, AuditStats, JobsContext};
 use crate::keys::{self, KeyError};
 use crate::mempool::MempoolLimits;
 use crate::miner::{Miner, MinerConfig, MinerStats};
@@ -27,7 +28,7 @@ use crate::net::handlers::{self, Context};
 use crate::net::network::{self, NetError, NetworkClient, NetworkConfig, NetworkEvent, Topic};
 use crate::net::sync::{SyncDriver, SyncTrigger};
 use crate::service::{self, ChainHandle, ChainTask};
-use crate::verifier::CachingVerifier;
+use crate::verifier::NodeVerifier;
 
 /// Most gossip messages being validated at once; more are ignored.
 const MAX_GOSSIP_IN_FLIGHT: usize = 512;
@@ -52,13 +53,20 @@ pub struct NodeConfig {
     pub mining_threads: usize,
     /// Least time between two blocks this node mines.
     pub mine_interval: Duration,
-    /// Replays training for result transactions; `None` (the default) is
-    /// the trainer's replay verifier over the node's blob store, with a
-    /// verdict cache. Tests may put another here.
+    /// Replays segments for fraud proofs; `None` (the default) is the
+    /// trainer's replay verifier over the node's blob store, with an answer
+    /// cache. Tests may put another here.
     pub verifier: Option<SharedVerifier>,
     /// Mempool caps.
     pub mempool: MempoolLimits,
+    /// How pending results are audited.
+    pub audit: AuditConfig,
 }
+
+/// Share of a result's segments a node replays unless told otherwise: with
+/// three auditors at 0.1, a worker faking half of 64 segments escapes with a
+/// chance below 1e-6 (see the design notes).
+pub const DEFAULT_AUDIT_FRACTION: f64 = 0.1;
 
 impl std::fmt::Debug for NodeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,6 +99,10 @@ impl NodeConfig {
             mine_interval,
             verifier: None,
             mempool: MempoolLimits::default(),
+            audit: AuditConfig {
+                fraction: DEFAULT_AUDIT_FRACTION,
+                key: None,
+            },
         }
     }
 }
@@ -131,7 +143,8 @@ pub struct RunningNode {
     network: NetworkClient,
     miner_stats: Arc<MinerStats>,
     blobs: BlobStore,
-    replay: Arc<CachingVerifier>,
+    replay: Arc<NodeVerifier>,
+    audit_stats: Arc<AuditStats>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     miner: Option<Miner>,
@@ -180,10 +193,15 @@ impl RunningNode {
         &self.blobs
     }
 
-    /// The caching replay verifier (also the chain's unless the config
+    /// The caching segment verifier (also the chain's unless the config
     /// named another).
-    pub fn replay(&self) -> &Arc<CachingVerifier> {
+    pub fn replay(&self) -> &Arc<NodeVerifier> {
         &self.replay
+    }
+
+    /// The auditor's counters.
+    pub fn audit_stats(&self) -> &Arc<AuditStats> {
+        &self.audit_stats
     }
 
     /// Miner counters.
@@ -227,7 +245,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let blobs = tokio::task::spawn_blocking(move || BlobStore::open(&blob_path))
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))??;
-    let replay = CachingVerifier::new(blobs.clone());
+    let replay = NodeVerifier::new(blobs.clone());
     let verifier: SharedVerifier = match &config.verifier {
         Some(verifier) => verifier.clone(),
         None => replay.clone(),
@@ -267,8 +285,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
 
     let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
     let (behind_tx, behind_rx) = mpsc::unbounded_channel();
-    let driver = SyncDriver::new(chain.clone(), network.clone(), config.params.clone())
-        .with_blobs(blobs.clone());
+    let driver = SyncDriver::new(chain.clone(), network.clone(), config.params.clone());
     tasks.push(tokio::spawn(driver.run(
         trigger_rx,
         behind_rx,
@@ -283,8 +300,31 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         peer_id,
         behind: behind_tx,
         blobs: blobs.clone(),
-        replay: config.verifier.is_none().then(|| replay.clone()),
     };
+    let jobs_ctx = JobsContext {
+        chain: chain.clone(),
+        network: network.clone(),
+        blobs: blobs.clone(),
+        params: Arc::new(config.params.clone()),
+    };
+    tasks.push(tokio::spawn(jobs::run_data_fetcher(
+        jobs_ctx.clone(),
+        shutdown_rx.clone(),
+    )));
+    let audit_stats = Arc::new(AuditStats::default());
+    if config.audit.fraction > 0.0 {
+        tracing::info!(
+            fraction = config.audit.fraction,
+            challenger = ?config.audit.key.as_ref().map(|k| Address::from_verifying_key(&k.verifying_key())),
+            "auditing pending results"
+        );
+        tasks.push(tokio::spawn(jobs::run_auditor(
+            jobs_ctx,
+            config.audit.clone(),
+            audit_stats.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     let in_flight = Arc::new(Semaphore::new(MAX_GOSSIP_IN_FLIGHT));
     tasks.push(tokio::spawn(async move {
         while let Some(event) = events.recv().await {
@@ -369,6 +409,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         miner_stats,
         blobs,
         replay,
+        audit_stats,
         shutdown,
         tasks,
         miner,

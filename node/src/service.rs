@@ -88,6 +88,16 @@ enum Command {
     MempoolIds {
         reply: oneshot::Sender<Vec<TxId>>,
     },
+    Parked {
+        reply: oneshot::Sender<Vec<(BlockHash, Option<protocol::Digest>)>>,
+    },
+    RetryParked {
+        reply: oneshot::Sender<Result<Option<BlockOutcome>, ChainError>>,
+    },
+    NextNonce {
+        address: Address,
+        reply: oneshot::Sender<u64>,
+    },
     Shutdown,
 }
 
@@ -216,6 +226,27 @@ fn run_chain(
             Command::MempoolIds { reply } => {
                 let _ = reply.send(chain.mempool().ids());
             }
+            Command::Parked { reply } => {
+                let _ = reply.send(chain.parked());
+            }
+            Command::RetryParked { reply } => {
+                let old_tip = chain.tip();
+                let result = chain.retry_parked();
+                if let Ok(Some(BlockOutcome::NewTip { height, hash, .. })) = &result {
+                    tracing::info!(height = height.0, %hash, "parked block connected");
+                    let first = chain
+                        .block_position(&old_tip)
+                        .filter(|(_, main)| *main)
+                        .map_or(height.0, |(h, _)| h.0.saturating_add(1));
+                    for connected in first..=height.0 {
+                        log_job_events(&chain, Height(connected));
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Command::NextNonce { address, reply } => {
+                let _ = reply.send(chain.next_nonce(&address));
+            }
         }
         let snapshot = chain.snapshot();
         tip.send_if_modified(|current| {
@@ -276,6 +307,7 @@ fn log_block(
         Err(err) if err.is_peer_fault() => {
             tracing::warn!(block = %hash, %peer, reason = %err, "rejected block");
         }
+        Err(ChainError::AwaitingData { .. }) => {}
         Err(err) => {
             tracing::error!(block = %hash, %peer, reason = %err, "block not stored");
         }
@@ -313,23 +345,64 @@ fn log_job_events(chain: &Chain, height: Height) {
                 height = height.0,
                 "job posted"
             ),
-            protocol::TxKind::SubmitResult { job, .. } => {
+            protocol::TxKind::SubmitResult { job, result, .. } => {
                 if let Some(record) = chain.state().job(job) {
-                    if let protocol::JobStatus::Fulfilled {
-                        worker, tx, result, ..
+                    if let protocol::JobStatus::Pending {
+                        tx,
+                        settles_at,
+                        bond,
+                        ..
                     } = &record.status
                     {
                         if *tx == txid {
                             tracing::info!(
-                                %job, %worker, bounty = record.bounty.0,
-                                weights = %result.weights, metric = %result.metric,
-                                height = height.0, "bounty paid"
+                                %job, worker = %signed.body.from, weights = %result.weights,
+                                metric = %result.metric, bond = bond.0,
+                                settles_at = settles_at.0, height = height.0, "result pending"
                             );
                         }
                     }
                 }
             }
+            protocol::TxKind::FraudProof { job, .. } => {
+                let challenge = chain
+                    .state()
+                    .job(job)
+                    .and_then(|record| record.challenges.iter().find(|c| c.tx == txid));
+                if let Some(challenge) = challenge {
+                    match challenge.outcome {
+                        protocol::ChallengeOutcome::Proven => tracing::warn!(
+                            %job, challenger = %challenge.challenger, worker = %challenge.worker,
+                            segment = challenge.segment, height = height.0,
+                            "fraud proof accepted: worker slashed, job reopened"
+                        ),
+                        protocol::ChallengeOutcome::Refuted => tracing::info!(
+                            %job, challenger = %challenge.challenger, worker = %challenge.worker,
+                            segment = challenge.segment, height = height.0,
+                            "fraud proof refuted: challenger's bond burned"
+                        ),
+                    }
+                }
+            }
             protocol::TxKind::Transfer { .. } => {}
+        }
+    }
+    for (job, record) in chain.state().jobs() {
+        if let protocol::JobStatus::Fulfilled {
+            worker,
+            height: paid,
+            bond,
+            result,
+            ..
+        } = &record.status
+        {
+            if *paid == height {
+                tracing::info!(
+                    %job, %worker, bounty = record.bounty.0, bond = bond.0,
+                    weights = %result.weights, metric = %result.metric,
+                    height = height.0, "bounty settled"
+                );
+            }
         }
     }
     for (job, record) in chain.state().jobs() {
@@ -488,6 +561,23 @@ impl ChainHandle {
     /// Ids of the transactions in the mempool.
     pub async fn mempool_ids(&self) -> Result<Vec<TxId>, ServiceError> {
         self.call(|reply| Command::MempoolIds { reply }).await
+    }
+
+    /// Blocks parked for want of data, with what each was missing.
+    pub async fn parked(&self) -> Result<Vec<(BlockHash, Option<protocol::Digest>)>, ServiceError> {
+        self.call(|reply| Command::Parked { reply }).await
+    }
+
+    /// Judges the parked blocks again (after their data was fetched).
+    pub async fn retry_parked(&self) -> Result<Option<BlockOutcome>, ServiceError> {
+        Ok(self.call(|reply| Command::RetryParked { reply }).await??)
+    }
+
+    /// The nonce the next transaction from `address` should carry, counting
+    /// the mempool.
+    pub async fn next_nonce(&self, address: Address) -> Result<u64, ServiceError> {
+        self.call(|reply| Command::NextNonce { address, reply })
+            .await
     }
 
     /// The main-chain height now.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use libp2p::Multiaddr;
 use protocol::{Address, ChainParams};
 
+use crate::jobs::AuditConfig;
 use crate::node::{start, NodeConfig, NodeError, RunningNode};
 
 /// The loopback listen address with an OS-chosen port.
@@ -40,6 +41,23 @@ pub async fn start_regtest(
         config.mine = Some(address);
         config.mine_interval = interval;
     }
+    start(config).await
+}
+
+/// Starts a regtest node like [`start_regtest`] that audits pending
+/// results with `audit`.
+pub async fn start_regtest_auditing(
+    dir: &Path,
+    bootstrap: Vec<Multiaddr>,
+    mine: Option<(Address, Duration)>,
+    audit: AuditConfig,
+) -> Result<RunningNode, NodeError> {
+    let mut config = regtest_config(dir, bootstrap);
+    if let Some((address, interval)) = mine {
+        config.mine = Some(address);
+        config.mine_interval = interval;
+    }
+    config.audit = audit;
     start(config).await
 }
 

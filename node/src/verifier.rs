@@ -1,203 +1,197 @@
-//! The node's training verifier: the trainer's [`ReplayVerifier`] reading
-//! datasets from the node's [`BlobStore`], behind a cache of verdicts so
-//! that mempool admission, block templates and block validation replay a
-//! given result once.
+//! The node's segment verifier: the trainer's [`ReplayVerifier`] reading
+//! datasets and training states from the node's [`BlobStore`], behind a
+//! cache of answers so that a fraud proof met in the mempool's block
+//! template, in template selection and in block validation is replayed once.
 //!
-//! The cache key is the SHA-256 of the canonical encoding of everything a
-//! replay depends on: job id, spec, worker and the claimed result. A
-//! `SubmitResult` transaction's id commits to exactly these (plus fee,
-//! nonce and signature, which a replay does not read), so keying on them
-//! gives the "cached by tx id" property while also sharing the verdict
-//! between two transactions carrying the same claim. Verdicts are kept for
-//! valid and forged claims alike (a forged one is never replayed twice);
-//! "dataset unavailable" is not cached, because fetching the dataset can
-//! change it. This module must never accept a claim without a replay that
-//! reproduced it bit for bit.
+//! Only fraud proofs reach it: results are admitted without a replay. The
+//! cache key is the SHA-256 of the canonical encoding of everything a replay
+//! reads (the question, job id, spec, worker, segment and input state), so
+//! two proofs asking the same question share one replay. Answers are cached
+//! whether they prove or refute; "data unavailable" and internal failures
+//! are not, because fetching the data or retrying can change them. Every
+//! replay is counted ([`NodeVerifier::replays`]) so tests and metrics can see
+//! that a free-to-send message caused none. This module must never answer a
+//! question without a replay that computed it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use protocol::{codec, Address, JobId, JobResult, JobSpec, TrainingVerifier, VerifyError};
+use protocol::job::{FinalOutcome, Judged};
+use protocol::{codec, Address, Digest, JobId, JobSpec, SegmentLeaf, SegmentVerifier, VerifyError};
 use trainer::{DatasetLimits, ReplayVerifier};
 
 use crate::blobs::BlobStore;
 
-/// Most verdicts kept; the oldest go first.
-pub const MAX_CACHED_VERDICTS: usize = 4096;
+/// Most answers kept; the oldest go first.
+pub const MAX_CACHED_ANSWERS: usize = 4096;
+
+/// A cached answer of one of the three questions.
+#[derive(Clone, Debug)]
+enum Answer {
+    Initial(Judged<Digest>),
+    Segment(Judged<SegmentLeaf>),
+    Final(Judged<FinalOutcome>),
+}
 
 #[derive(Default)]
-struct Verdicts {
-    by_key: HashMap<[u8; 32], Result<(), VerifyError>>,
+struct Answers {
+    by_key: HashMap<[u8; 32], Answer>,
     order: VecDeque<[u8; 32]>,
-    /// Claims being replayed right now; a second asker waits for the first.
-    in_flight: HashSet<[u8; 32]>,
 }
 
-/// Replays results on datasets from the blob store, caching verdicts.
-pub struct CachingVerifier {
+/// Replays segments on blobs from the store, caching answers.
+pub struct NodeVerifier {
     replay: ReplayVerifier<BlobStore>,
-    verdicts: Mutex<Verdicts>,
-    replayed: Condvar,
+    answers: Mutex<Answers>,
+    replays: AtomicU64,
 }
 
-impl std::fmt::Debug for CachingVerifier {
+impl std::fmt::Debug for NodeVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CachingVerifier").finish_non_exhaustive()
+        f.debug_struct("NodeVerifier")
+            .field("replays", &self.replays())
+            .finish_non_exhaustive()
     }
 }
 
-impl CachingVerifier {
+fn key(
+    question: u8,
+    job: &JobId,
+    spec: &JobSpec,
+    worker: &Address,
+    index: u32,
+    state: &Digest,
+) -> Option<[u8; 32]> {
+    codec::encode(&(question, job, spec, worker, index, state))
+        .ok()
+        .map(|bytes| protocol::sha256(&bytes))
+}
+
+impl NodeVerifier {
     /// A verifier over `store`.
     pub fn new(store: BlobStore) -> Arc<Self> {
         Arc::new(Self {
             replay: ReplayVerifier::new(store, DatasetLimits::default()),
-            verdicts: Mutex::new(Verdicts::default()),
-            replayed: Condvar::new(),
+            answers: Mutex::new(Answers::default()),
+            replays: AtomicU64::new(0),
         })
     }
 
-    fn key(job: &JobId, spec: &JobSpec, worker: &Address, claimed: &JobResult) -> Option<[u8; 32]> {
-        codec::encode(&(job, spec, worker, claimed))
-            .ok()
-            .map(|bytes| protocol::sha256(&bytes))
+    /// How many replays (of any of the three kinds) ran, cached ones not
+    /// counted.
+    pub fn replays(&self) -> u64 {
+        self.replays.load(Ordering::Relaxed)
     }
 
-    /// The cached verdict for a claim, if it was replayed before.
-    pub fn cached(
-        &self,
-        job: &JobId,
-        spec: &JobSpec,
-        worker: &Address,
-        claimed: &JobResult,
-    ) -> Option<Result<(), VerifyError>> {
-        let key = Self::key(job, spec, worker, claimed)?;
-        self.verdicts
+    /// How many answers are cached.
+    pub fn cached_count(&self) -> usize {
+        self.answers.lock().map(|a| a.by_key.len()).unwrap_or(0)
+    }
+
+    fn cached(&self, key: Option<[u8; 32]>) -> Option<Answer> {
+        let key = key?;
+        self.answers
             .lock()
             .ok()
-            .and_then(|v| v.by_key.get(&key).cloned())
+            .and_then(|a| a.by_key.get(&key).cloned())
     }
 
-    /// How many verdicts are cached.
-    pub fn cached_count(&self) -> usize {
-        self.verdicts.lock().map(|v| v.by_key.len()).unwrap_or(0)
+    fn remember(&self, key: Option<[u8; 32]>, answer: Answer) {
+        let Some(key) = key else { return };
+        let Ok(mut answers) = self.answers.lock() else {
+            return;
+        };
+        if answers.by_key.insert(key, answer).is_none() {
+            answers.order.push_back(key);
+        }
+        while answers.order.len() > MAX_CACHED_ANSWERS {
+            if let Some(old) = answers.order.pop_front() {
+                answers.by_key.remove(&old);
+            }
+        }
+    }
+
+    fn run<T>(
+        &self,
+        what: &'static str,
+        job: &JobId,
+        index: u32,
+        replay: impl FnOnce() -> Result<Judged<T>, VerifyError>,
+    ) -> Result<Judged<T>, VerifyError> {
+        let started = Instant::now();
+        let answer = replay();
+        let replay_ms = started.elapsed().as_millis();
+        if !matches!(answer, Err(VerifyError::DataUnavailable(_))) {
+            self.replays.fetch_add(1, Ordering::Relaxed);
+        }
+        match &answer {
+            Ok(Judged::Computed(_)) => {
+                tracing::info!(%job, segment = index, replay_ms, "{what} replayed")
+            }
+            Ok(Judged::Impossible(reason)) => {
+                tracing::info!(%job, segment = index, %reason, replay_ms, "{what} cannot be trained from")
+            }
+            Err(reason) => tracing::debug!(%job, segment = index, %reason, "{what} not replayed"),
+        }
+        answer
     }
 }
 
-impl TrainingVerifier for CachingVerifier {
-    fn verify(
+impl SegmentVerifier for NodeVerifier {
+    fn initial_state(
         &self,
         job: &JobId,
         spec: &JobSpec,
         worker: &Address,
-        claimed: &JobResult,
-    ) -> Result<(), VerifyError> {
-        let key = Self::key(job, spec, worker, claimed);
-        if let Some(key) = key {
-            // Take the claim, or wait for whoever is replaying it.
-            let Ok(mut verdicts) = self.verdicts.lock() else {
-                return Err(VerifyError::Replay("verdict cache poisoned".into()));
-            };
-            loop {
-                if let Some(verdict) = verdicts.by_key.get(&key) {
-                    return verdict.clone();
-                }
-                if verdicts.in_flight.insert(key) {
-                    break;
-                }
-                verdicts = match self.replayed.wait(verdicts) {
-                    Ok(guard) => guard,
-                    Err(_) => return Err(VerifyError::Replay("verdict cache poisoned".into())),
-                };
-            }
+    ) -> Result<Judged<Digest>, VerifyError> {
+        let key = key(0, job, spec, worker, 0, &Digest::ZERO);
+        if let Some(Answer::Initial(answer)) = self.cached(key) {
+            return Ok(answer);
         }
-        let started = Instant::now();
-        let verdict = self.replay.verify(job, spec, worker, claimed);
-        let replay_ms = started.elapsed().as_millis();
-        match &verdict {
-            Ok(()) => tracing::info!(
-                %job, %worker, weights = %claimed.weights, metric = %claimed.metric,
-                replay_ms, "result verified"
-            ),
-            Err(reason) => tracing::warn!(
-                %job, %worker, %reason, replay_ms, "result rejected"
-            ),
-        }
-        let cacheable = !matches!(verdict, Err(VerifyError::DatasetUnavailable(_)));
-        if let Some(key) = key {
-            if let Ok(mut verdicts) = self.verdicts.lock() {
-                verdicts.in_flight.remove(&key);
-                if cacheable && verdicts.by_key.insert(key, verdict.clone()).is_none() {
-                    verdicts.order.push_back(key);
-                }
-                while verdicts.order.len() > MAX_CACHED_VERDICTS {
-                    if let Some(old) = verdicts.order.pop_front() {
-                        verdicts.by_key.remove(&old);
-                    }
-                }
-            }
-            self.replayed.notify_all();
-        }
-        verdict
+        let answer = self.run("initial state", job, 0, || {
+            self.replay.initial_state(job, spec, worker)
+        })?;
+        self.remember(key, Answer::Initial(answer.clone()));
+        Ok(answer)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::blobs::BLOB_FILE;
-    use protocol::rpc::BlobKind;
-    use protocol::Digest;
-
-    #[test]
-    fn verdicts_are_cached_but_a_missing_dataset_is_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(&dir.path().join(BLOB_FILE)).unwrap();
-        let csv =
-            "a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n2,1,0\n4,3,1\n6,5,0\n8,7,1\n1,1,0\n9,9,1\n";
-        let dataset = trainer::parse_csv(
-            csv,
-            trainer::TaskKind::Classification,
-            &DatasetLimits::default(),
-        )
-        .unwrap();
-        let spec = trainer::TrainSettings {
-            hidden: vec![4],
-            epochs: 2,
-            batch: 4,
-            ..trainer::TrainSettings::default()
+    fn replay_segment(
+        &self,
+        job: &JobId,
+        spec: &JobSpec,
+        worker: &Address,
+        index: u32,
+        prev_state: &Digest,
+    ) -> Result<Judged<SegmentLeaf>, VerifyError> {
+        let key = key(1, job, spec, worker, index, prev_state);
+        if let Some(Answer::Segment(answer)) = self.cached(key) {
+            return Ok(answer);
         }
-        .job_spec(&dataset)
-        .unwrap();
-        let job = JobId([1; 32]);
-        let worker = Address([2; 32]);
-        let seed = protocol::job::worker_seed(&job, &worker, spec.base_seed);
-        let honest = trainer::train(&spec, &dataset, seed, &mut |_| {})
-            .unwrap()
-            .result;
-        let mut forged = honest;
-        forged.weights = Digest([9; 32]);
+        let answer = self.run("segment", job, index, || {
+            self.replay
+                .replay_segment(job, spec, worker, index, prev_state)
+        })?;
+        self.remember(key, Answer::Segment(answer.clone()));
+        Ok(answer)
+    }
 
-        let verifier = CachingVerifier::new(store.clone());
-        assert_eq!(
-            verifier.verify(&job, &spec, &worker, &honest),
-            Err(VerifyError::DatasetUnavailable(spec.dataset.digest))
-        );
-        assert_eq!(verifier.cached_count(), 0);
-
-        store.put(BlobKind::Dataset, &dataset.to_blob()).unwrap();
-        assert_eq!(verifier.verify(&job, &spec, &worker, &honest), Ok(()));
-        let refused = verifier.verify(&job, &spec, &worker, &forged);
-        assert!(matches!(refused, Err(VerifyError::WeightsMismatch { .. })));
-        assert_eq!(verifier.cached_count(), 2);
-        assert_eq!(
-            verifier.cached(&job, &spec, &worker, &forged),
-            Some(refused)
-        );
-        assert_eq!(
-            verifier.cached(&job, &spec, &Address([3; 32]), &honest),
-            None,
-            "another worker's claim is a different key"
-        );
+    fn final_result(
+        &self,
+        job: &JobId,
+        spec: &JobSpec,
+        worker: &Address,
+        final_state: &Digest,
+    ) -> Result<Judged<FinalOutcome>, VerifyError> {
+        let key = key(2, job, spec, worker, spec.segments, final_state);
+        if let Some(Answer::Final(answer)) = self.cached(key) {
+            return Ok(answer);
+        }
+        let answer = self.run("final state", job, spec.segments, || {
+            self.replay.final_result(job, spec, worker, final_state)
+        })?;
+        self.remember(key, Answer::Final(answer.clone()));
+        Ok(answer)
     }
 }

@@ -1,10 +1,11 @@
 //! The mission's loop end to end with the real `gradchain-trainer` binary
 //! against three regtest nodes on loopback: `dataset put` digits on one
 //! node, `job post` with a bounty and `--min-accuracy 0.9`, `work --once`
-//! on another node trains and submits, the result is mined, every node
-//! shows the job fulfilled with the same weights digest, the worker is
-//! paid the bounty (less its fee), and `predict` on a third node returns
-//! the labels of a few rows.
+//! on another node trains, serves its training states and submits with a
+//! bond, the result goes pending and settles at the end of its window,
+//! every node shows the job fulfilled with the same weights digest, the
+//! worker is paid the bounty and its bond back (less its fee), and
+//! `predict` on a third node returns the labels of a few rows.
 //!
 //! The trainer binary is found next to this test's target dir
 //! (`target/<profile>/gradchain-trainer`); `cargo test --workspace` builds
@@ -98,6 +99,35 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
         &ed25519_dalek::SigningKey::from_bytes(&worker_seed).verifying_key(),
     );
     let digits = concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/digits.csv");
+    // The worker needs coins for its bond (the bounty, by default).
+    const FUNDS: u64 = 20_000;
+    let params = protocol::ChainParams::regtest();
+    let fund = protocol::TxBody {
+        from: params.faucet,
+        nonce: 0,
+        fee: Amount(1),
+        kind: protocol::TxKind::Transfer {
+            to: worker,
+            amount: Amount(FUNDS),
+        },
+    }
+    .sign(&faucet_key(), params.chain_id)?;
+    match node::rpc_client::call(
+        &a,
+        &protocol::rpc::RpcRequest::SubmitTx(fund),
+        Duration::from_secs(30),
+    )
+    .await?
+    {
+        protocol::rpc::RpcResponse::TxAccepted(_) => {}
+        other => anyhow::bail!("funding refused: {other:?}"),
+    }
+    wait_until("the worker funded on C", WAIT, || {
+        let chain = c_node.chain().clone();
+        async move { matches!(chain.balance(worker).await, Ok(b) if b.account.balance.0 == FUNDS) }
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
 
     // 1. put digits on B.
     let out = run_ok(
@@ -203,7 +233,11 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
             weights.push(result.weights);
         }
         let balance = node.chain().balance(worker).await?;
-        assert_eq!(balance.account.balance, Amount(7000 - 1));
+        assert_eq!(
+            balance.account.balance,
+            Amount(FUNDS + 7000 - 1),
+            "bounty paid, bond returned, one fee"
+        );
     }
     assert_eq!(weights.len(), 3);
     assert!(

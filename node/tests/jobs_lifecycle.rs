@@ -1,9 +1,10 @@
 //! A job's life beyond the happy path, on real regtest nodes on loopback:
 //! expiry refunds the poster exactly; a peer serving a dataset blob whose
 //! bytes do not match its digest is penalised and the job stays out of the
-//! mempool with a clear error; and a reorg that removes the block paying a
-//! bounty reopens the job and takes the bounty back, after which the result
-//! is mined again and paid once.
+//! mempool with a clear error; and a reorg that removes the blocks that
+//! admitted and settled a result reopens the job and takes the bounty and
+//! the bond's return back, after which the result is mined again, settles,
+//! and is paid once.
 
 use std::path::Path;
 use std::time::Duration;
@@ -43,6 +44,10 @@ fn spec(dataset: &Dataset) -> anyhow::Result<JobSpec> {
     }
     .job_spec(dataset)?;
     spec.acceptance = Acceptance::MinAccuracy { ppm: 0 };
+    // 35 steps: 16 segments of two or three steps.
+    spec.segments = 16;
+    spec.bond = ChainParams::regtest().job_limits.min_bond;
+    spec.challenge_window = ChainParams::regtest().job_limits.min_challenge_window;
     Ok(spec)
 }
 
@@ -230,25 +235,50 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
     let (a_addr, c_addr) = (addr_of(&a)?, addr_of(&c)?);
     let dataset = iris()?;
     let spec = spec(&dataset)?;
-    // The same job is posted on both sides.
+    // The same job is posted, and the worker funded for its bond, on both
+    // sides.
+    let worker = SigningKey::from_bytes(&[0x51; 32]);
+    let worker_address = Address::from_verifying_key(&worker.verifying_key());
+    const FUNDS: u64 = 100_000;
     let tx = post(&spec, 4_000, 1_000)?;
     let job = JobId::from(tx.id()?);
+    let fund = TxBody {
+        from: params.faucet,
+        nonce: 1,
+        fee: Amount(1),
+        kind: TxKind::Transfer {
+            to: worker_address,
+            amount: Amount(FUNDS),
+        },
+    }
+    .sign(&faucet_key(), params.chain_id)?;
     for addr in [&a_addr, &c_addr] {
         put_dataset(addr, &dataset).await?;
         submit(addr, tx.clone()).await?;
+        submit(addr, fund.clone()).await?;
     }
-    // The result is mined on C's side only.
-    let worker = SigningKey::from_bytes(&[0x51; 32]);
-    let worker_address = Address::from_verifying_key(&worker.verifying_key());
+    // The result is mined, and settles, on C's side only.
     let seed = worker_seed(&job, &worker_address, spec.base_seed);
-    let result = trainer::train(&spec, &dataset, seed, &mut |_| {})?.result;
+    let outcome = trainer::train(&spec, &dataset, seed, &mut |_| {})?;
     let result_tx = TxBody {
         from: worker_address,
         nonce: 0,
         fee: Amount(3),
-        kind: TxKind::SubmitResult { job, result },
+        kind: TxKind::SubmitResult {
+            job,
+            result: outcome.result,
+            leaves: outcome.leaves,
+        },
     }
     .sign(&worker, params.chain_id)?;
+    wait_until("the worker funded on C", WAIT, || {
+        let chain = c.chain().clone();
+        async move {
+            matches!(chain.balance(worker_address).await, Ok(b) if b.account.balance.0 == FUNDS)
+        }
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
     wait_until("the job open on C", WAIT, || {
         let chain = c.chain().clone();
         async move { matches!(chain.job(job).await, Ok(Some(r)) if r.is_open()) }
@@ -267,7 +297,8 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
     .map_err(anyhow::Error::msg)?;
     assert_eq!(
         c.chain().balance(worker_address).await?.account.balance,
-        Amount(4_000 - 3)
+        Amount(FUNDS + 4_000 - 3),
+        "bounty paid and bond returned"
     );
     wait_until("A well ahead of C", WAIT, || {
         let (ha, hc) = (a.chain().height(), c.chain().height());
@@ -279,6 +310,14 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
     c.stop_mining().await;
     let winner = a.chain().tip();
     assert!(matches!(job_status(&a, job).await, Some(JobStatus::Open)));
+    wait_until("the worker funded on A", WAIT, || {
+        let chain = a.chain().clone();
+        async move {
+            matches!(chain.balance(worker_address).await, Ok(b) if b.account.balance.0 == FUNDS)
+        }
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
 
     // Heal: C learns A's heavier chain and reorgs the paying block away.
     c.network().connect(a_addr.clone());
@@ -294,8 +333,11 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
     );
     assert_eq!(
         c.chain().balance(worker_address).await?.account,
-        protocol::Account::default(),
-        "the bounty should be taken back"
+        protocol::Account {
+            balance: Amount(FUNDS),
+            nonce: 0
+        },
+        "the bounty and the bond's round trip should be taken back"
     );
     assert!(c.chain().mempool_ids().await?.contains(&result_tx.id()?));
 
@@ -326,7 +368,7 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
         .map_err(anyhow::Error::msg)?;
         assert_eq!(
             node.chain().balance(worker_address).await?.account.balance,
-            Amount(4_000 - 3),
+            Amount(FUNDS + 4_000 - 3),
             "paid exactly once"
         );
     }

@@ -1,20 +1,36 @@
 //! Training jobs as consensus sees them: the reproducibility manifest
-//! ([`JobSpec`]), the result a worker claims ([`JobResult`]), the rules that
-//! bound a job's cost, the derivation of a worker's training seed, and the
-//! [`TrainingVerifier`] through which block validation asks for a replay.
+//! ([`JobSpec`]), the result a worker claims ([`JobResult`]), the cost model
+//! that bounds what a job and a single segment of it may cost to replay, the
+//! derivation of a worker's training seed, and the [`SegmentVerifier`]
+//! through which a fraud proof asks for a one-segment replay.
 //!
 //! Training itself lives in the `trainer` crate; this module only describes
-//! and checks. Floats are carried as [`F32Bits`] and must be finite.
+//! and checks. Floats are carried as [`F32Bits`] and must be finite. Results
+//! are optimistic: nothing here replays a whole job (see `segments` and the
+//! fraud-proof rules in `validation`).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::hash::sha256_parts;
-use crate::types::{Address, Digest, F32Bits, JobId};
+use crate::segments::{SegmentLeaf, MAX_SEGMENTS, MIN_SEGMENTS};
+use crate::types::{Address, Amount, Digest, F32Bits, JobId};
 
 /// The version of the training engine whose results this chain accepts.
-pub const ENGINE_VERSION: u32 = 1;
+pub const ENGINE_VERSION: u32 = 2;
+
+/// Cost units: one unit is one parameter touched for one row, so a forward
+/// pass of one row costs `parameters` units and a training step of `b` rows
+/// (forward, backward, weight gradients) about `3·b·parameters`.
+pub const TRAIN_ROW_UNITS: u64 = 3;
+/// What an optimizer step costs beyond its rows, in rows: the update of every
+/// parameter and its moments, and the step's fixed overhead. Without it a
+/// batch of one row would be priced as nearly free.
+pub const STEP_OVERHEAD_ROWS: u64 = 8;
+/// What committing one state costs, in rows: encoding and hashing the
+/// weights and the optimizer moments (three values a parameter).
+pub const STATE_COMMIT_ROWS: u64 = 4;
 
 /// What is learned from the dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,12 +193,17 @@ pub struct JobSpec {
     pub epochs: u32,
     /// Seed of the split; the training seed is derived per worker.
     pub base_seed: u64,
-    /// Optimizer steps between checkpoints; 0 for none.
-    pub checkpoint_interval: u32,
+    /// Segments the optimizer steps are cut into; the result commits to
+    /// the state after each.
+    pub segments: u32,
     /// The training engine version the result must come from.
     pub engine_version: u32,
     /// The bar for the bounty.
     pub acceptance: Acceptance,
+    /// What a worker escrows with its result, slashed by a valid fraud proof.
+    pub bond: Amount,
+    /// Blocks a result stays pending, open to fraud proofs, before it is paid.
+    pub challenge_window: u32,
 }
 
 /// The test-set metric of a result.
@@ -213,8 +234,9 @@ impl fmt::Display for TestMetric {
 pub struct JobResult {
     /// Digest of the trained weights.
     pub weights: Digest,
-    /// Digest of the sequence of checkpoint digests.
-    pub checkpoints: Digest,
+    /// Merkle root over the segment leaves `0..=segments`
+    /// ([`crate::segments::segments_root`]).
+    pub segments_root: Digest,
     /// Mean training loss of the last epoch.
     pub train_loss: F32Bits,
     /// The test metric.
@@ -238,8 +260,18 @@ pub struct JobLimits {
     pub max_epochs: u32,
     /// Largest mini-batch.
     pub max_batch: u32,
-    /// Largest training cost (epochs x training rows x parameters).
+    /// Largest cost of a whole job ([`JobSpec::cost`]).
     pub max_cost: u64,
+    /// Largest cost of replaying one segment ([`JobSpec::segment_cost`]):
+    /// what one fraud proof costs every node.
+    pub max_segment_cost: u64,
+    /// Smallest worker bond.
+    pub min_bond: Amount,
+    /// Shortest challenge window, in blocks: long enough for an auditor on a
+    /// modest machine to replay a whole job at the largest cost.
+    pub min_challenge_window: u32,
+    /// Longest challenge window, in blocks.
+    pub max_challenge_window: u32,
 }
 
 /// Why a job spec is not acceptable.
@@ -309,6 +341,30 @@ pub enum JobSpecError {
         /// The bound.
         max: u64,
     },
+    /// One segment would cost more to replay than a fraud proof may.
+    #[error("one segment costs {cost} to replay, more than the bound {max}: ask for more segments or fewer steps")]
+    SegmentTooCostly {
+        /// The cost of the longest segment (saturated at u64::MAX).
+        cost: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// Fewer optimizer steps than segments.
+    #[error("{steps} optimizer steps cannot be cut into {segments} segments, expected at least one step a segment")]
+    TooFewSteps {
+        /// Steps of the run.
+        steps: u64,
+        /// Segments asked for.
+        segments: u32,
+    },
+    /// The bond is below the chain's minimum.
+    #[error("worker bond {bond} is below the minimum {min}")]
+    BondTooSmall {
+        /// The spec's bond.
+        bond: Amount,
+        /// The chain's minimum.
+        min: Amount,
+    },
 }
 
 fn bound(field: &'static str, value: u32, min: u32, max: u32) -> Result<(), JobSpecError> {
@@ -370,12 +426,64 @@ impl JobSpec {
         Some(total)
     }
 
-    /// Training cost: epochs x training rows x parameters, `None` on overflow.
-    pub fn training_cost(&self) -> Option<u64> {
+    /// Optimizer steps of the run: `epochs · ceil(train rows / batch)`.
+    pub fn total_steps(&self) -> Option<u64> {
         let train = self.split.sizes(self.dataset.rows).ok()?.train;
-        u64::from(self.epochs)
-            .checked_mul(u64::from(train))?
-            .checked_mul(self.parameter_count()?)
+        let batch = self.batch_size.max(1);
+        u64::from(self.epochs).checked_mul(u64::from(train.div_ceil(batch)))
+    }
+
+    /// What a whole run costs, in parameter-row units: every step's rows
+    /// (`3·rows`) plus its overhead ([`STEP_OVERHEAD_ROWS`]), every committed
+    /// state ([`STATE_COMMIT_ROWS`] for each of `segments + 1`), the forward
+    /// passes over the validation and test rows, and standardizing the
+    /// dataset. `None` on overflow.
+    pub fn cost(&self) -> Option<u64> {
+        let sizes = self.split.sizes(self.dataset.rows).ok()?;
+        let params = self.parameter_count()?;
+        let steps = self.total_steps()?;
+        let train_rows = u64::from(self.epochs)
+            .checked_mul(u64::from(sizes.train))?
+            .checked_mul(TRAIN_ROW_UNITS)?;
+        let overhead = steps.checked_mul(STEP_OVERHEAD_ROWS)?;
+        let commits = u64::from(self.segments)
+            .checked_add(1)?
+            .checked_mul(STATE_COMMIT_ROWS)?;
+        let evaluation = u64::from(sizes.validation).checked_add(u64::from(sizes.test))?;
+        train_rows
+            .checked_add(overhead)?
+            .checked_add(commits)?
+            .checked_add(evaluation)?
+            .checked_mul(params)?
+            .checked_add(self.preparation_cost()?)
+    }
+
+    /// Standardizing the dataset before any step: every value once.
+    fn preparation_cost(&self) -> Option<u64> {
+        u64::from(self.dataset.rows).checked_mul(u64::from(self.dataset.features))
+    }
+
+    /// What replaying the longest segment costs, the work one fraud proof
+    /// puts on every node: its steps at a full batch each, loading and
+    /// committing a state, and preparing the dataset. The final-state check
+    /// (a forward pass over the test rows) is bounded by it as well.
+    /// `None` on overflow or without segments.
+    pub fn segment_cost(&self) -> Option<u64> {
+        let params = self.parameter_count()?;
+        let steps = self
+            .total_steps()?
+            .div_ceil(u64::from(self.segments).max(1));
+        let rows = u64::from(self.batch_size)
+            .checked_mul(TRAIN_ROW_UNITS)?
+            .checked_add(STEP_OVERHEAD_ROWS)?;
+        let sizes = self.split.sizes(self.dataset.rows).ok()?;
+        let replay = steps.checked_mul(rows)?;
+        let final_check = u64::from(sizes.validation).checked_add(u64::from(sizes.test))?;
+        replay
+            .max(final_check)
+            .checked_add(STATE_COMMIT_ROWS.checked_mul(2)?)?
+            .checked_mul(params)?
+            .checked_add(self.preparation_cost()?)
     }
 
     /// Checks every field against `limits`: finite floats in range, bounded
@@ -452,11 +560,38 @@ impl JobSpec {
         }
         finite_in("l1", self.l1, |v| (0.0..=1.0).contains(&v), "in [0, 1]")?;
         finite_in("l2", self.l2, |v| (0.0..=1.0).contains(&v), "in [0, 1]")?;
-        let cost = self.training_cost().unwrap_or(u64::MAX);
+        bound("segments", self.segments, MIN_SEGMENTS, MAX_SEGMENTS)?;
+        let steps = self.total_steps().unwrap_or(0);
+        if steps < u64::from(self.segments) {
+            return Err(JobSpecError::TooFewSteps {
+                steps,
+                segments: self.segments,
+            });
+        }
+        bound(
+            "challenge window",
+            self.challenge_window,
+            limits.min_challenge_window,
+            limits.max_challenge_window,
+        )?;
+        if self.bond < limits.min_bond {
+            return Err(JobSpecError::BondTooSmall {
+                bond: self.bond,
+                min: limits.min_bond,
+            });
+        }
+        let cost = self.cost().unwrap_or(u64::MAX);
         if cost > limits.max_cost {
             return Err(JobSpecError::TooCostly {
                 cost,
                 max: limits.max_cost,
+            });
+        }
+        let cost = self.segment_cost().unwrap_or(u64::MAX);
+        if cost > limits.max_segment_cost {
+            return Err(JobSpecError::SegmentTooCostly {
+                cost,
+                max: limits.max_segment_cost,
             });
         }
         Ok(())
@@ -548,58 +683,118 @@ pub enum AcceptanceError {
     WrongKind,
 }
 
-/// Why a replay did not confirm a claimed result.
+/// Why a verifier cannot judge a replay now. Each is a condition of the
+/// node, never of the claim: a block waiting on one is parked and retried,
+/// never marked invalid, and nobody is penalised for it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    /// The replayed weights differ from the claim.
-    #[error("weights digest {got} does not match the replay's {expected}")]
-    WeightsMismatch {
-        /// What the replay produced.
-        expected: Digest,
-        /// What was claimed.
-        got: Digest,
-    },
-    /// The replayed checkpoints differ from the claim.
-    #[error("checkpoints digest {got} does not match the replay's {expected}")]
-    CheckpointsMismatch {
-        /// What the replay produced.
-        expected: Digest,
-        /// What was claimed.
-        got: Digest,
-    },
-    /// The replayed metric or loss differs from the claim.
-    #[error("claimed {got} (train loss {got_loss}) but the replay gives {expected} (train loss {expected_loss})")]
-    MetricMismatch {
-        /// Replayed metric.
-        expected: TestMetric,
-        /// Claimed metric.
-        got: TestMetric,
-        /// Replayed train loss.
-        expected_loss: F32Bits,
-        /// Claimed train loss.
-        got_loss: F32Bits,
-    },
-    /// The verifier does not hold the dataset.
-    #[error("dataset {0} is not available for replay")]
-    DatasetUnavailable(Digest),
-    /// The replay itself failed.
-    #[error("replay failed: {0}")]
-    Replay(String),
+    /// A dataset or state blob is not held here (yet).
+    #[error("blob {0} is not available here yet")]
+    DataUnavailable(Digest),
+    /// The verifier itself failed (a store error, a poisoned lock).
+    #[error("verifier failed: {0}")]
+    Internal(String),
+    /// The caller admits transactions only and replays nothing
+    /// ([`DeferReplays`]).
+    #[error("replays are deferred to block validation")]
+    Deferred,
 }
 
-/// Re-executes a job's training for a worker and checks the claimed result.
-/// `protocol` defines it so that block validation can ask for a replay
-/// without linking a training engine; the `trainer` crate implements it.
-pub trait TrainingVerifier {
-    /// `Ok` when replaying `spec` with `worker`'s seed for `job` reproduces
-    /// `claimed` exactly.
-    fn verify(
+/// What a deterministic replay yields: a value, or the finding that the
+/// inputs the worker committed to cannot be trained from at all (a state
+/// blob that does not decode for this spec, a dataset that does not fit it,
+/// a loss that diverges). Both are facts every node reaches alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judged<T> {
+    /// The replay ran and produced this.
+    Computed(T),
+    /// The committed inputs admit no honest continuation; why, in words.
+    Impossible(String),
+}
+
+/// What follows from a final state: the claimed part of a [`JobResult`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalOutcome {
+    /// Digest of the trained weights.
+    pub weights: Digest,
+    /// Mean training loss of the last epoch.
+    pub train_loss: F32Bits,
+    /// The test metric.
+    pub metric: TestMetric,
+}
+
+/// Replays single segments of a job for fraud proofs. `protocol` defines it
+/// so that block validation can ask for a replay without linking a training
+/// engine; the `trainer` crate implements it over the node's blob store.
+pub trait SegmentVerifier {
+    /// The digest of `S_0`, derived from `worker`'s seed for `job`.
+    fn initial_state(
         &self,
         job: &JobId,
         spec: &JobSpec,
         worker: &Address,
-        claimed: &JobResult,
-    ) -> Result<(), VerifyError>;
+    ) -> Result<Judged<Digest>, VerifyError>;
+
+    /// Replays segment `index` (`1..=spec.segments`) from the state whose
+    /// digest is `prev_state` and returns the leaf of the state after it.
+    fn replay_segment(
+        &self,
+        job: &JobId,
+        spec: &JobSpec,
+        worker: &Address,
+        index: u32,
+        prev_state: &Digest,
+    ) -> Result<Judged<SegmentLeaf>, VerifyError>;
+
+    /// The weights digest, last-epoch loss and test metric that follow from
+    /// the final state `final_state`.
+    fn final_result(
+        &self,
+        job: &JobId,
+        spec: &JobSpec,
+        worker: &Address,
+        final_state: &Digest,
+    ) -> Result<Judged<FinalOutcome>, VerifyError>;
+}
+
+/// A verifier for callers that only admit transactions (the mempool): it
+/// replays nothing and answers every question with
+/// [`VerifyError::Deferred`], which the rules read as "judge a fraud proof
+/// as refuted", the outcome its sender can least count on. Block validation
+/// never uses it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeferReplays;
+
+impl SegmentVerifier for DeferReplays {
+    fn initial_state(
+        &self,
+        _: &JobId,
+        _: &JobSpec,
+        _: &Address,
+    ) -> Result<Judged<Digest>, VerifyError> {
+        Err(VerifyError::Deferred)
+    }
+
+    fn replay_segment(
+        &self,
+        _: &JobId,
+        _: &JobSpec,
+        _: &Address,
+        _: u32,
+        _: &Digest,
+    ) -> Result<Judged<SegmentLeaf>, VerifyError> {
+        Err(VerifyError::Deferred)
+    }
+
+    fn final_result(
+        &self,
+        _: &JobId,
+        _: &JobSpec,
+        _: &Address,
+        _: &Digest,
+    ) -> Result<Judged<FinalOutcome>, VerifyError> {
+        Err(VerifyError::Deferred)
+    }
 }
 
 #[cfg(test)]
@@ -615,7 +810,11 @@ mod tests {
             max_classes: 100,
             max_epochs: 500,
             max_batch: 4096,
-            max_cost: 10_000_000_000,
+            max_cost: 1_000_000_000_000,
+            max_segment_cost: 3_000_000_000,
+            min_bond: Amount(100),
+            min_challenge_window: 4,
+            max_challenge_window: 10_000,
         }
     }
 
@@ -647,9 +846,11 @@ mod tests {
             batch_size: 64,
             epochs: 30,
             base_seed: 7,
-            checkpoint_interval: 100,
+            segments: 64,
             engine_version: ENGINE_VERSION,
             acceptance: Acceptance::MinAccuracy { ppm: 900_000 },
+            bond: Amount(1000),
+            challenge_window: 20,
         }
     }
 
@@ -665,8 +866,93 @@ mod tests {
             (sizes.train, sizes.validation, sizes.test),
             (1259, 179, 359)
         );
-        assert_eq!(spec.training_cost(), Some(30 * 1259 * 26122));
+        // 1259 rows in batches of 64: 20 steps an epoch.
+        assert_eq!(spec.total_steps(), Some(30 * 20));
+        let params = 26122u64;
+        let expected = (30 * 1259 * TRAIN_ROW_UNITS
+            + 600 * STEP_OVERHEAD_ROWS
+            + 65 * STATE_COMMIT_ROWS
+            + 179
+            + 359)
+            * params
+            + 1797 * 64;
+        assert_eq!(spec.cost(), Some(expected));
+        // 600 steps in 64 segments: at most 10 steps a segment.
+        let segment = (10 * (64 * TRAIN_ROW_UNITS + STEP_OVERHEAD_ROWS) + 2 * STATE_COMMIT_ROWS)
+            * params
+            + 1797 * 64;
+        assert_eq!(spec.segment_cost(), Some(segment));
         spec.validate(&limits()).unwrap();
+    }
+
+    #[test]
+    fn the_cost_model_prices_what_a_replay_really_does() {
+        let base = digits();
+        let base_cost = base.cost().unwrap();
+        // Batch 1 is not free: the same rows in 32x the steps cost more.
+        let mut tiny_batches = base.clone();
+        tiny_batches.batch_size = 1;
+        let per_step = tiny_batches.cost().unwrap() - base_cost;
+        assert_eq!(
+            per_step,
+            (tiny_batches.total_steps().unwrap() - base.total_steps().unwrap())
+                * STEP_OVERHEAD_ROWS
+                * 26122
+        );
+        // Committing a state after every step is priced per state.
+        let mut every_step = base.clone();
+        every_step.segments = 600;
+        assert_eq!(
+            every_step.cost().unwrap() - base_cost,
+            (600 - 64) * STATE_COMMIT_ROWS * 26122
+        );
+        // Validation rows are forward passes and are priced as such; at
+        // 99.8 % the split leaves no rows to test on and is refused.
+        let mut validating = base.clone();
+        validating.split.validation_permille = 700;
+        validating.split.test_permille = 100;
+        let sizes = validating.split.sizes(1797).unwrap();
+        assert!(validating.cost().unwrap() > sizes.validation as u64 * 26122);
+        let mut all_validation = base.clone();
+        all_validation.split.validation_permille = 998;
+        all_validation.split.test_permille = 2;
+        assert!(all_validation.validate(&limits()).is_err());
+        // A job too long for its segments is refused until it has more.
+        let mut long = base.clone();
+        long.epochs = 500;
+        long.segments = 8;
+        assert!(matches!(
+            long.validate(&limits()),
+            Err(JobSpecError::SegmentTooCostly { .. })
+        ));
+        long.segments = 1024;
+        long.validate(&limits()).unwrap();
+        // Fewer steps than segments, a small bond, a short window.
+        let mut short = base.clone();
+        short.epochs = 1;
+        short.segments = 64;
+        assert!(matches!(
+            short.validate(&limits()),
+            Err(JobSpecError::TooFewSteps {
+                steps: 20,
+                segments: 64
+            })
+        ));
+        let mut cheap = base.clone();
+        cheap.bond = Amount(1);
+        assert!(matches!(
+            cheap.validate(&limits()),
+            Err(JobSpecError::BondTooSmall { .. })
+        ));
+        let mut hasty = base;
+        hasty.challenge_window = 1;
+        assert!(matches!(
+            hasty.validate(&limits()),
+            Err(JobSpecError::Bound {
+                field: "challenge window",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! This crate is pure. It never touches the network, the disk, a clock or a
 //! thread: callers pass in everything a rule needs (the parent's height, the
-//! median time past, "now", a [`TrainingVerifier`] that replays training) and
+//! median time past, "now", a [`SegmentVerifier`] that replays one segment
+//! of a job for a fraud proof) and
 //! get back a value or a typed error. Everything that is hashed goes through
 //! the one canonical codec in [`codec`]; nothing hashed contains a `HashMap`
 //! or a float other than as its IEEE bits; arithmetic on amounts, heights and
@@ -22,6 +23,7 @@ pub mod job;
 pub mod params;
 pub mod pow;
 pub mod rpc;
+pub mod segments;
 pub mod state;
 pub mod tx;
 pub mod types;
@@ -32,13 +34,16 @@ pub use codec::CodecError;
 pub use hash::{sha256, sha256d};
 pub use header::{Header, SealedHeader, HEADER_SIZE, NONCE_OFFSET};
 pub use job::{
-    Acceptance, Activation, DatasetRef, JobResult, JobSpec, Loss, ModelSpec, Optimizer, Split,
-    Task, TestMetric, TrainingVerifier, VerifyError,
+    Acceptance, Activation, DatasetRef, DeferReplays, FinalOutcome, JobResult, JobSpec, Judged,
+    Loss, ModelSpec, Optimizer, SegmentVerifier, Split, Task, TestMetric, VerifyError,
 };
 pub use params::ChainParams;
 pub use pow::{CompactTarget, Target, Work};
-pub use state::{Account, BlockUndo, JobRecord, JobStatus, State};
-pub use tx::{Coinbase, SignedTx, Transaction, TxBody, TxKind};
+pub use segments::SegmentLeaf;
+pub use state::{
+    Account, BlockUndo, Challenge, ChallengeOutcome, JobRecord, JobStatus, State, BURN_ADDRESS,
+};
+pub use tx::{Coinbase, FraudClaim, OpenedLeaf, SignedTx, Transaction, TxBody, TxKind};
 pub use types::{
     Address, Amount, BlockHash, Digest, F32Bits, Height, JobId, MerkleRoot, Signature, StateRoot,
     TxId,

@@ -81,8 +81,12 @@ pub struct ChainParams {
     pub faucet_premine: Amount,
     /// Bounds on a single job.
     pub job_limits: JobLimits,
-    /// Bound on the summed training cost of the results in one block.
-    pub max_block_training_cost: u64,
+    /// Most fraud proofs in one block: with the per-segment cost bound, what
+    /// bounds the replay work a block can demand of every node.
+    pub max_block_fraud_proofs: usize,
+    /// What a challenger escrows with a fraud proof; burned when the replay
+    /// agrees with the worker, so that no replay is free to ask for.
+    pub fraud_proof_bond: Amount,
     /// Most blocks between posting a job and its expiry.
     pub max_job_lifetime: u64,
 }
@@ -120,6 +124,12 @@ impl ChainParams {
             genesis_bits: CompactTarget(0x207f_ffff),
             retarget: Retarget::Fixed,
             max_future_drift: 7200,
+            job_limits: JobLimits {
+                // Regtest mines as fast as it is asked to: a short window
+                // keeps tests quick.
+                min_challenge_window: 4,
+                ..Self::common().job_limits
+            },
             ..Self::common()
         }
     }
@@ -159,9 +169,23 @@ impl ChainParams {
                 max_classes: 1000,
                 max_epochs: 1000,
                 max_batch: 65_536,
-                max_cost: 20_000_000_000,
+                // About a minute of training on one core of the reference
+                // machine (~3e10 units/s with the reproducible engine): ten
+                // times the bound of full replay, since nodes now replay
+                // segments, not jobs.
+                max_cost: 2_000_000_000_000,
+                // About one second of replay: a job at `max_cost` needs at
+                // least 64 segments.
+                max_segment_cost: 32_000_000_000,
+                min_bond: Amount(10_000),
+                // Long enough for an auditor to replay a whole job at
+                // `max_cost` (about a minute) on a devnet of 5 s blocks,
+                // with room to get a fraud proof mined.
+                min_challenge_window: 24,
+                max_challenge_window: 100_000,
             },
-            max_block_training_cost: 40_000_000_000,
+            max_block_fraud_proofs: 4,
+            fraud_proof_bond: Amount(100_000),
             max_job_lifetime: 100_000,
         }
     }

@@ -41,6 +41,9 @@ pub enum BlobKind {
     /// indexed by the trainer's tensor digest (the `weights` digest of a
     /// job result), which the node recomputes from the bytes.
     Weights,
+    /// A training state `S_j` of a pending result; its SHA-256 is the
+    /// state digest in segment leaf `j`. Kept until the result settles.
+    State,
 }
 
 /// How a blob is named when it is fetched.

@@ -25,21 +25,48 @@ pub struct Account {
     pub nonce: u64,
 }
 
+/// Where coins go that are burned (half a slashed bond, a refuted
+/// challenger's bond): the all-zero address. It is a small-order point,
+/// which strict signature verification refuses as a key, so nobody can
+/// spend from it; keeping burned coins there keeps the ledger balanced and
+/// the burned total visible.
+pub const BURN_ADDRESS: Address = Address::ZERO;
+
 /// Where a job stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobStatus {
-    /// Waiting for a valid result; the bounty is escrowed.
+    /// Waiting for a result; the bounty is escrowed.
     Open,
-    /// Paid to the first valid result.
+    /// A result was admitted and is open to fraud proofs until
+    /// `settles_at`; the bounty and the worker's bond are escrowed.
+    Pending {
+        /// Who trained it.
+        worker: Address,
+        /// The claimed result.
+        result: JobResult,
+        /// The `SubmitResult` transaction.
+        tx: TxId,
+        /// The height of the block that admitted it.
+        height: Height,
+        /// The height whose block pays it, unless a fraud proof comes first.
+        settles_at: Height,
+        /// The worker's escrowed bond.
+        bond: Amount,
+    },
+    /// Settled: the bounty and the bond were paid to the worker.
     Fulfilled {
         /// Who trained it.
         worker: Address,
-        /// The verified result.
+        /// The result.
         result: JobResult,
         /// The `SubmitResult` transaction.
         tx: TxId,
         /// The height of the block that paid the bounty.
         height: Height,
+        /// The height of the block that admitted the result.
+        submitted_at: Height,
+        /// The bond returned with the bounty.
+        bond: Amount,
     },
     /// Expired unfulfilled; the bounty went back to the poster.
     Expired {
@@ -63,12 +90,59 @@ pub struct JobRecord {
     pub expires_at: Height,
     /// Where it stands.
     pub status: JobStatus,
+    /// Fraud proofs against its results, in chain order. Each cost its
+    /// sender a bond, so the list grows only as fast as someone pays.
+    pub challenges: Vec<Challenge>,
+}
+
+/// What a fraud proof established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChallengeOutcome {
+    /// The replay confirmed the fault: the worker was slashed and the job
+    /// reopened.
+    Proven,
+    /// The replay matched the worker's commitment: the challenger's bond
+    /// was burned.
+    Refuted,
+}
+
+/// A fraud proof as the job remembers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// Who sent it.
+    pub challenger: Address,
+    /// The worker whose result it challenged.
+    pub worker: Address,
+    /// The segment it opened: 0 for the initial state, `segments + 1` for
+    /// the final check.
+    pub segment: u32,
+    /// The `FraudProof` transaction.
+    pub tx: TxId,
+    /// The height of its block.
+    pub height: Height,
+    /// What the replay found.
+    pub outcome: ChallengeOutcome,
 }
 
 impl JobRecord {
     /// Whether the job still takes results.
     pub fn is_open(&self) -> bool {
         matches!(self.status, JobStatus::Open)
+    }
+
+    /// Whether a result is waiting out its challenge window.
+    pub fn is_pending(&self) -> bool {
+        matches!(self.status, JobStatus::Pending { .. })
+    }
+
+    /// What the job holds in escrow: the bounty while open, bounty and
+    /// bond while pending, nothing once settled or expired.
+    pub fn escrowed(&self) -> Option<u64> {
+        match self.status {
+            JobStatus::Open => Some(self.bounty.0),
+            JobStatus::Pending { bond, .. } => self.bounty.0.checked_add(bond.0),
+            JobStatus::Fulfilled { .. } | JobStatus::Expired { .. } => Some(0),
+        }
     }
 }
 
@@ -112,6 +186,8 @@ pub struct State {
     jobs: BTreeMap<JobId, JobRecord>,
     /// Open jobs by expiry height, derived from `jobs`.
     expiring: BTreeSet<(Height, JobId)>,
+    /// Pending jobs by settlement height, derived from `jobs`.
+    settling: BTreeSet<(Height, JobId)>,
 }
 
 impl State {
@@ -164,7 +240,17 @@ impl State {
             .collect()
     }
 
-    /// The sum of all balances and of the bounties escrowed by open jobs.
+    /// Pending jobs whose settlement height is at most `height`, by height.
+    pub fn jobs_settling_by(&self, height: Height) -> Vec<JobId> {
+        self.settling
+            .iter()
+            .take_while(|(settles_at, _)| *settles_at <= height)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// The sum of all balances (the burn address's included) and of
+    /// everything jobs hold in escrow.
     pub fn total_supply(&self) -> Option<u64> {
         let balances = self
             .accounts
@@ -172,15 +258,14 @@ impl State {
             .try_fold(0u64, |sum, a| sum.checked_add(a.balance.0))?;
         self.jobs
             .values()
-            .filter(|job| job.is_open())
-            .try_fold(balances, |sum, job| sum.checked_add(job.bounty.0))
+            .try_fold(balances, |sum, job| sum.checked_add(job.escrowed()?))
     }
 
     /// The state root: SHA-256 over a domain tag and every account and job
     /// entry, canonically encoded, in key order.
     pub fn root(&self) -> Result<StateRoot, CodecError> {
         let mut hasher = Sha256::new();
-        hasher.update(b"gradchain/state/v1");
+        hasher.update(b"gradchain/state/v2");
         hasher.update(
             u64::try_from(self.accounts.len())
                 .unwrap_or(u64::MAX)
@@ -230,11 +315,17 @@ impl State {
     fn put_job(&mut self, id: JobId, job: Option<JobRecord>) {
         if let Some(old) = self.jobs.get(&id) {
             self.expiring.remove(&(old.expires_at, id));
+            if let JobStatus::Pending { settles_at, .. } = old.status {
+                self.settling.remove(&(settles_at, id));
+            }
         }
         match job {
             Some(job) => {
                 if job.is_open() {
                     self.expiring.insert((job.expires_at, id));
+                }
+                if let JobStatus::Pending { settles_at, .. } = job.status {
+                    self.settling.insert((settles_at, id));
                 }
                 self.jobs.insert(id, job);
             }

@@ -1,5 +1,5 @@
-//! Transactions: signed account transactions of three kinds and the
-//! coinbase.
+//! Transactions: signed account transactions (transfers, job posts, results
+//! and fraud proofs) and the coinbase.
 //!
 //! A signature covers a domain tag, the chain id and the canonical encoding
 //! of the body, so a transaction signed for one chain is invalid on every
@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, CodecError};
 use crate::hash::sha256d_parts;
 use crate::job::{JobResult, JobSpec};
+use crate::segments::SegmentLeaf;
+use crate::types::Digest;
 use crate::types::{Address, Amount, Height, JobId, Signature, TxId};
 
 /// Domain tag in front of every signed message.
@@ -38,13 +40,76 @@ pub enum TxKind {
         /// The first height at which the job is no longer open.
         expires_at: Height,
     },
-    /// Claims a job's bounty with a training result, trained by the signer.
+    /// Claims a job's bounty with a training result, trained by the signer,
+    /// escrowing the job's bond until the result settles.
     SubmitResult {
         /// The job.
         job: JobId,
         /// What the training produced.
         result: JobResult,
+        /// The segment leaves `0..=segments`; their root is
+        /// `result.segments_root`. They travel in the transaction so that
+        /// the commitment a challenger must open is as available as the
+        /// chain itself, and they carry the loss curve.
+        leaves: Vec<SegmentLeaf>,
     },
+    /// Claims that a pending result is false, escrowing the chain's
+    /// fraud-proof bond: slashes the worker if a replay confirms the claim,
+    /// burns the bond if it does not.
+    FraudProof {
+        /// The job whose pending result is challenged.
+        job: JobId,
+        /// What is wrong with it.
+        claim: FraudClaim,
+    },
+}
+
+/// A leaf of a pending result with its Merkle path to the result's root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenedLeaf {
+    /// The leaf.
+    pub leaf: SegmentLeaf,
+    /// Siblings from the leaf to the root, bottom first.
+    pub path: Vec<Digest>,
+}
+
+/// The fault a fraud proof asserts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FraudClaim {
+    /// Leaf 0 does not commit to the state derived from the worker's seed.
+    InitialState {
+        /// Leaf 0.
+        first: OpenedLeaf,
+    },
+    /// Replaying segment `index` from the state of leaf `index − 1` does not
+    /// give leaf `index`. The challenger serves that state as a blob; its
+    /// digest is in `prev`.
+    Segment {
+        /// The segment, `1..=segments`.
+        index: u32,
+        /// Leaf `index − 1`.
+        prev: OpenedLeaf,
+        /// Leaf `index`.
+        leaf: OpenedLeaf,
+    },
+    /// The weights, the last-epoch loss or the test metric do not follow
+    /// from the final state (leaf `segments`).
+    Final {
+        /// Leaf `segments`.
+        last: OpenedLeaf,
+    },
+}
+
+impl FraudClaim {
+    /// The segment the claim is about: 0 for the initial state, the
+    /// segment count plus one for the final check.
+    pub fn segment(&self, segments: u32) -> u32 {
+        match self {
+            Self::InitialState { .. } => 0,
+            Self::Segment { index, .. } => *index,
+            Self::Final { .. } => segments.saturating_add(1),
+        }
+    }
 }
 
 /// The signed part of a transaction.

@@ -5,10 +5,13 @@
 //!   [`expected_bits`] and [`median_time_past`].
 //! - Transactions: [`check_tx_stateless`] (size, fee, signature, job spec),
 //!   then [`apply_transaction`] against a state (nonce, balance, the job
-//!   contract, and a training replay through a [`TrainingVerifier`]).
+//!   contract). Results are optimistic: a `SubmitResult` is admitted on
+//!   cheap checks alone and escrows a bond; only a `FraudProof` replays,
+//!   one segment, through a [`SegmentVerifier`], after every cheap check.
 //! - Blocks: [`check_block_body`] (structure and merkle root), then
-//!   [`apply_block`] (expiries, every transaction, the coinbase bound, the
-//!   state root), reversed exactly by [`undo_block`].
+//!   [`apply_block`] (settlements, expiries, every transaction, the
+//!   fraud-proof bound, the coinbase bound, the state root), reversed
+//!   exactly by [`undo_block`].
 //!
 //! A function that fails leaves the state as it found it.
 
@@ -18,11 +21,17 @@ use crate::asert::{self, AsertError};
 use crate::block::{merkle_root, Block};
 use crate::codec::CodecError;
 use crate::header::SealedHeader;
-use crate::job::{check_acceptance, AcceptanceError, JobSpecError, TrainingVerifier, VerifyError};
+use crate::job::{
+    check_acceptance, AcceptanceError, FinalOutcome, JobSpecError, Judged, SegmentVerifier,
+    VerifyError,
+};
 use crate::params::ChainParams;
 use crate::pow::{CompactError, CompactTarget, Target};
-use crate::state::{BlockUndo, JobRecord, JobStatus, Journal, State};
-use crate::tx::{SignatureError, SignedTx, Transaction, TxKind};
+use crate::segments::{segments_root, verify_path, SegmentLeaf, MAX_PATH_LEN, MAX_SEGMENTS};
+use crate::state::{
+    BlockUndo, Challenge, ChallengeOutcome, JobRecord, JobStatus, Journal, State, BURN_ADDRESS,
+};
+use crate::tx::{FraudClaim, OpenedLeaf, SignatureError, SignedTx, Transaction, TxKind};
 use crate::types::{Address, Amount, BlockHash, Height, JobId, MerkleRoot, StateRoot, TxId};
 
 /// Blocks whose times form the median time past.
@@ -148,6 +157,80 @@ pub enum JobError {
         /// Where it was fulfilled.
         height: Height,
     },
+    /// The job already has a result waiting out its challenge window.
+    #[error("job {job} already has a pending result, settling at height {settles_at}")]
+    AlreadyPending {
+        /// The job.
+        job: JobId,
+        /// When the pending result settles.
+        settles_at: Height,
+    },
+    /// A fraud proof against a job with no pending result.
+    #[error("job {job} has no pending result to challenge")]
+    NotPending {
+        /// The job.
+        job: JobId,
+    },
+    /// The worker or challenger cannot escrow the bond.
+    #[error("bond {bond} plus fee {fee} exceeds the balance {balance} of {address}")]
+    BondUnaffordable {
+        /// Who must pay.
+        address: Address,
+        /// The bond.
+        bond: Amount,
+        /// The fee.
+        fee: Amount,
+        /// The balance.
+        balance: Amount,
+    },
+    /// A result with the wrong number of segment leaves.
+    #[error("result carries {got} segment leaves, expected {expected} (segments + 1)")]
+    LeafCount {
+        /// Leaves carried.
+        got: usize,
+        /// Leaves the job needs.
+        expected: usize,
+    },
+    /// The leaves do not hash to the result's segments root.
+    #[error("segment leaves hash to {computed}, but the result commits to {claimed}")]
+    SegmentsRoot {
+        /// The root of the carried leaves.
+        computed: crate::types::Digest,
+        /// The result's root.
+        claimed: crate::types::Digest,
+    },
+    /// A fraud proof's segment index is outside `1..=segments`.
+    #[error("fraud proof opens segment {index}, expected 1..={segments}")]
+    SegmentIndex {
+        /// The index.
+        index: u32,
+        /// The job's segments.
+        segments: u32,
+    },
+    /// A Merkle path longer than any tree of segment leaves needs.
+    #[error("Merkle path of {len} nodes, expected at most {max}")]
+    PathTooLong {
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A fraud proof's leaf does not open the pending result's root.
+    #[error("leaf {index} and its path do not lead to the pending result's segments root")]
+    BadLeafPath {
+        /// The leaf's index.
+        index: u32,
+    },
+    /// The node cannot judge the fraud proof now (data not held yet, a local
+    /// failure). Never a fault of the block or its sender: a block waiting
+    /// on it is parked and retried.
+    #[error("fraud proof for job {job} cannot be judged here yet: {reason}")]
+    CannotJudge {
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: VerifyError,
+    },
     /// The claimed metric does not earn the bounty.
     #[error("result for job {job} not accepted: {reason}")]
     NotAccepted {
@@ -155,14 +238,6 @@ pub enum JobError {
         job: JobId,
         /// Why.
         reason: AcceptanceError,
-    },
-    /// Replaying the training did not reproduce the claim.
-    #[error("result for job {job} failed verification: {reason}")]
-    ResultRejected {
-        /// The job.
-        job: JobId,
-        /// Why.
-        reason: VerifyError,
     },
 }
 
@@ -288,13 +363,13 @@ pub enum BlockError {
         /// In the header.
         got: StateRoot,
     },
-    /// The results in the block would take too long to verify.
-    #[error("block training cost {cost} exceeds the bound {max}")]
-    TrainingCostTooHigh {
-        /// Summed cost of the results.
-        cost: u64,
+    /// More fraud proofs than a block may replay.
+    #[error("block carries {count} fraud proofs, expected at most {max}")]
+    TooManyFraudProofs {
+        /// Fraud proofs in the block.
+        count: usize,
         /// The bound.
-        max: u64,
+        max: usize,
     },
     /// A transaction is invalid.
     #[error("transaction {index} ({txid}): {source}")]
@@ -312,6 +387,19 @@ pub enum BlockError {
     /// The block could not be encoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
+}
+
+impl BlockError {
+    /// The node could not judge the block for a reason of its own (a blob
+    /// not held yet): the block is neither valid nor invalid, and whoever
+    /// sent it did nothing wrong. Only consensus failures return `false`.
+    pub fn is_node_local(&self) -> bool {
+        matches!(
+            self,
+            Self::Tx { source, .. }
+                if matches!(**source, TxError::Job(JobError::CannotJudge { .. }))
+        )
+    }
 }
 
 /// The median of the last (up to) eleven block times, oldest first.
@@ -438,8 +526,44 @@ pub fn check_tx_stateless(tx: &SignedTx, params: &ChainParams) -> Result<TxId, T
                 return Err(JobError::ZeroBounty.into());
             }
         }
-        _ => {}
+        TxKind::SubmitResult { result, leaves, .. } => {
+            // Bounded before hashing: at most MAX_SEGMENTS + 1 leaves.
+            let most = usize::try_from(MAX_SEGMENTS)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1);
+            if leaves.len() > most {
+                return Err(JobError::LeafCount {
+                    got: leaves.len(),
+                    expected: most,
+                }
+                .into());
+            }
+            let computed = segments_root(leaves);
+            if computed != result.segments_root {
+                return Err(JobError::SegmentsRoot {
+                    computed,
+                    claimed: result.segments_root,
+                }
+                .into());
+            }
+        }
+        TxKind::FraudProof { claim, .. } => {
+            let opened: Vec<&OpenedLeaf> = match claim {
+                FraudClaim::InitialState { first } => vec![first],
+                FraudClaim::Segment { prev, leaf, .. } => vec![prev, leaf],
+                FraudClaim::Final { last } => vec![last],
+            };
+            if let Some(long) = opened.iter().find(|o| o.path.len() > MAX_PATH_LEN) {
+                return Err(JobError::PathTooLong {
+                    len: long.path.len(),
+                    max: MAX_PATH_LEN,
+                }
+                .into());
+            }
+        }
+        TxKind::Transfer { .. } => {}
     }
+    // The signature is the dearest of the stateless checks: it runs last.
     tx.verify_signature(params.chain_id)?;
     tx.id().map_err(TxError::from)
 }
@@ -487,7 +611,7 @@ pub fn apply_transaction(
     txid: TxId,
     height: Height,
     params: &ChainParams,
-    verifier: &dyn TrainingVerifier,
+    verifier: &dyn SegmentVerifier,
 ) -> Result<Amount, TxError> {
     let from = tx.body.from;
     let fee = tx.body.fee;
@@ -548,13 +672,29 @@ pub fn apply_transaction(
                 posted_at: height,
                 expires_at: *expires_at,
                 status: JobStatus::Open,
+                challenges: Vec::new(),
             };
             state.set_job(journal, JobId::from(txid), Some(record));
         }
-        TxKind::SubmitResult { job, result } => {
+        TxKind::SubmitResult {
+            job,
+            result,
+            leaves,
+        } => {
+            // Admission is cheap: no training, no data. Every check below is
+            // a lookup or integer arithmetic; the leaves' root was checked
+            // statelessly. The worker's bond pays for the chance that a
+            // fraud proof has to replay a segment of this result.
             let record = state.job(job).ok_or(JobError::UnknownJob(*job))?;
             match record.status {
                 JobStatus::Open => {}
+                JobStatus::Pending { settles_at, .. } => {
+                    return Err(JobError::AlreadyPending {
+                        job: *job,
+                        settles_at,
+                    }
+                    .into());
+                }
                 JobStatus::Fulfilled { height, .. } => {
                     return Err(JobError::AlreadyFulfilled { job: *job, height }.into());
                 }
@@ -573,36 +713,251 @@ pub fn apply_transaction(
                 }
                 .into());
             }
+            let expected = usize::try_from(record.spec.segments)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1);
+            if leaves.len() != expected {
+                return Err(JobError::LeafCount {
+                    got: leaves.len(),
+                    expected,
+                }
+                .into());
+            }
             check_acceptance(&record.spec, &result.metric)
                 .map_err(|reason| JobError::NotAccepted { job: *job, reason })?;
-            // The bounty pays the fee when the worker has nothing yet.
-            let mut account = state.account(&from);
-            let gross = account
-                .balance
-                .checked_add(record.bounty)
-                .ok_or(TxError::Overflow("balance"))?;
-            account.balance = gross.checked_sub(fee).ok_or(TxError::InsufficientBalance {
-                address: from,
-                needed: fee,
-                available: gross,
-            })?;
+            let bond = record.spec.bond;
+            let needed = bond
+                .checked_add(fee)
+                .ok_or(TxError::Overflow("bond plus fee"))?;
+            let mut account =
+                debit(state, &from, needed).map_err(|_| JobError::BondUnaffordable {
+                    address: from,
+                    bond,
+                    fee,
+                    balance: sender.balance,
+                })?;
             account.nonce = next_nonce;
-            // The replay is the expensive check: it runs last.
-            verifier
-                .verify(job, &record.spec, &from, result)
-                .map_err(|reason| JobError::ResultRejected { job: *job, reason })?;
-            let mut fulfilled = record.clone();
-            fulfilled.status = JobStatus::Fulfilled {
+            let settles_at = height
+                .checked_add(u64::from(record.spec.challenge_window))
+                .ok_or(TxError::Overflow("height"))?;
+            let mut pending = record.clone();
+            pending.status = JobStatus::Pending {
                 worker: from,
                 result: *result,
                 tx: txid,
                 height,
+                settles_at,
+                bond,
             };
             state.set_account(journal, from, account);
-            state.set_job(journal, *job, Some(fulfilled));
+            state.set_job(journal, *job, Some(pending));
+        }
+        TxKind::FraudProof { job, claim } => {
+            apply_fraud_proof(
+                state, journal, tx, txid, height, params, verifier, *job, claim, next_nonce,
+            )?;
         }
     }
     Ok(fee)
+}
+
+/// Checks that `opened` is leaf `index` of the tree of `count` leaves with
+/// root `root`: a few hashes, no data.
+fn check_opened(
+    root: &crate::types::Digest,
+    count: u32,
+    index: u32,
+    opened: &OpenedLeaf,
+) -> Result<SegmentLeaf, JobError> {
+    if verify_path(root, count, index, &opened.leaf, &opened.path) {
+        Ok(opened.leaf)
+    } else {
+        Err(JobError::BadLeafPath { index })
+    }
+}
+
+/// What a replay says about a claim: `Ok(true)` when the fault is proven.
+/// An impossible replay proves it too: the worker committed to inputs that
+/// no honest run continues from. A deferred replay (admission only) is read
+/// as refuted; any other verifier error means the node cannot judge yet.
+fn judge<T>(
+    job: JobId,
+    answer: Result<Judged<T>, VerifyError>,
+    faulty: impl FnOnce(&T) -> bool,
+) -> Result<bool, JobError> {
+    match answer {
+        Ok(Judged::Computed(value)) => Ok(faulty(&value)),
+        Ok(Judged::Impossible(_)) => Ok(true),
+        Err(VerifyError::Deferred) => Ok(false),
+        Err(reason) => Err(JobError::CannotJudge { job, reason }),
+    }
+}
+
+/// Applies a fraud proof: cheap checks first, then one replay, then the
+/// slash or the burn.
+#[allow(clippy::too_many_arguments)]
+fn apply_fraud_proof(
+    state: &mut State,
+    journal: &mut Journal,
+    tx: &SignedTx,
+    txid: TxId,
+    height: Height,
+    params: &ChainParams,
+    verifier: &dyn SegmentVerifier,
+    job: JobId,
+    claim: &FraudClaim,
+    next_nonce: u64,
+) -> Result<(), TxError> {
+    let from = tx.body.from;
+    let fee = tx.body.fee;
+    // 1. Cheap: the job has a pending result.
+    let record = state.job(&job).ok_or(JobError::UnknownJob(job))?.clone();
+    let JobStatus::Pending {
+        worker,
+        result,
+        bond: worker_bond,
+        ..
+    } = record.status
+    else {
+        return Err(JobError::NotPending { job }.into());
+    };
+    // 2. Cheap: the challenger can escrow the fraud-proof bond and the fee.
+    let bond = params.fraud_proof_bond;
+    let needed = bond
+        .checked_add(fee)
+        .ok_or(TxError::Overflow("bond plus fee"))?;
+    let mut challenger = debit(state, &from, needed).map_err(|_| JobError::BondUnaffordable {
+        address: from,
+        bond,
+        fee,
+        balance: state.account(&from).balance,
+    })?;
+    challenger.nonce = next_nonce;
+    // 3. Cheap: the opened leaves lead to the pending result's root.
+    let segments = record.spec.segments;
+    let count = segments
+        .checked_add(1)
+        .ok_or(TxError::Overflow("segments"))?;
+    let root = &result.segments_root;
+    let spec = &record.spec;
+    // 4. Expensive, and last: one replay of at most one segment, bounded by
+    // the job's segment cost and the block's fraud-proof count. The
+    // challenger's bond pays for it: it is burned when the replay agrees
+    // with the worker.
+    let proven = match claim {
+        FraudClaim::InitialState { first } => {
+            let first = check_opened(root, count, 0, first)?;
+            // Leaf 0 is `{ digest of S_0, loss 0 }`: either part wrong is a
+            // fault.
+            let zero_loss = first.loss == crate::types::F32Bits::from_f32(0.0);
+            judge(job, verifier.initial_state(&job, spec, &worker), |s0| {
+                *s0 != first.state || !zero_loss
+            })?
+        }
+        FraudClaim::Segment { index, prev, leaf } => {
+            if *index == 0 || *index > segments {
+                return Err(JobError::SegmentIndex {
+                    index: *index,
+                    segments,
+                }
+                .into());
+            }
+            let prev = check_opened(root, count, index.saturating_sub(1), prev)?;
+            let leaf = check_opened(root, count, *index, leaf)?;
+            // Segment 1 starts from the seed's state: a leaf 0 that is not
+            // it is a fault already, and needs no blob to show.
+            let wrong_start = *index == 1
+                && judge(job, verifier.initial_state(&job, spec, &worker), |s0| {
+                    *s0 != prev.state
+                })?;
+            wrong_start
+                || judge(
+                    job,
+                    verifier.replay_segment(&job, spec, &worker, *index, &prev.state),
+                    |replayed| *replayed != leaf,
+                )?
+        }
+        FraudClaim::Final { last } => {
+            let last = check_opened(root, count, segments, last)?;
+            judge(
+                job,
+                verifier.final_result(&job, spec, &worker, &last.state),
+                |out: &FinalOutcome| {
+                    out.weights != result.weights
+                        || out.train_loss != result.train_loss
+                        || out.metric != result.metric
+                },
+            )?
+        }
+    };
+    // 5. Effects.
+    state.set_account(journal, from, challenger);
+    let mut updated = record.clone();
+    updated.challenges.push(Challenge {
+        challenger: from,
+        worker,
+        segment: claim.segment(segments),
+        tx: txid,
+        height,
+        outcome: if proven {
+            ChallengeOutcome::Proven
+        } else {
+            ChallengeOutcome::Refuted
+        },
+    });
+    if proven {
+        // The challenger's bond comes back; the worker's bond is split:
+        // half to the challenger, the rest burned. The bounty stays in
+        // escrow and the job takes results again.
+        let reward = Amount(worker_bond.0 / 2);
+        let burned = worker_bond
+            .checked_sub(reward)
+            .ok_or(TxError::Overflow("bond"))?;
+        let back = bond.checked_add(reward).ok_or(TxError::Overflow("bond"))?;
+        credit(state, journal, from, back)?;
+        credit(state, journal, BURN_ADDRESS, burned)?;
+        updated.status = JobStatus::Open;
+    } else {
+        credit(state, journal, BURN_ADDRESS, bond)?;
+    }
+    state.set_job(journal, job, Some(updated));
+    Ok(())
+}
+
+/// Pays the pending results whose challenge window has closed: the bounty
+/// and the bond go to the worker.
+fn settle_jobs(state: &mut State, journal: &mut Journal, height: Height) -> Result<(), TxError> {
+    for id in state.jobs_settling_by(height) {
+        let Some(mut record) = state.job(&id).cloned() else {
+            continue;
+        };
+        let JobStatus::Pending {
+            worker,
+            result,
+            tx,
+            height: submitted_at,
+            bond,
+            ..
+        } = record.status
+        else {
+            continue;
+        };
+        let paid = record
+            .bounty
+            .checked_add(bond)
+            .ok_or(TxError::Overflow("bounty plus bond"))?;
+        credit(state, journal, worker, paid)?;
+        record.status = JobStatus::Fulfilled {
+            worker,
+            result,
+            tx,
+            height,
+            submitted_at,
+            bond,
+        };
+        state.set_job(journal, id, Some(record));
+    }
+    Ok(())
 }
 
 /// Expires the open jobs whose expiry height has come, refunding posters.
@@ -686,7 +1041,7 @@ fn apply_body(
     ids: &[TxId],
     height: Height,
     params: &ChainParams,
-    verifier: &dyn TrainingVerifier,
+    verifier: &dyn SegmentVerifier,
 ) -> Result<Journal, BlockError> {
     let mut journal = Journal::default();
     match apply_body_into(state, &mut journal, txs, ids, height, params, verifier) {
@@ -705,15 +1060,33 @@ fn apply_body_into(
     ids: &[TxId],
     height: Height,
     params: &ChainParams,
-    verifier: &dyn TrainingVerifier,
+    verifier: &dyn SegmentVerifier,
 ) -> Result<(), BlockError> {
-    expire_jobs(state, journal, height).map_err(|source| BlockError::Tx {
+    let at_start = |source: TxError| BlockError::Tx {
         index: 0,
         txid: ids.first().copied().unwrap_or_default(),
         source: Box::new(source),
-    })?;
+    };
+    // Settlements first: a result whose window closed at this height can no
+    // longer be challenged in this block.
+    settle_jobs(state, journal, height).map_err(at_start)?;
+    expire_jobs(state, journal, height).map_err(at_start)?;
+    // Cheap, before any transaction runs: the replays a block can demand are
+    // bounded by this count times the largest segment cost a job may have.
+    let fraud_proofs = txs
+        .iter()
+        .filter(|tx| {
+            matches!(tx, Transaction::Signed(signed)
+                if matches!(signed.body.kind, TxKind::FraudProof { .. }))
+        })
+        .count();
+    if fraud_proofs > params.max_block_fraud_proofs {
+        return Err(BlockError::TooManyFraudProofs {
+            count: fraud_proofs,
+            max: params.max_block_fraud_proofs,
+        });
+    }
     let mut fees = Amount::ZERO;
-    let mut training_cost = 0u64;
     let mut coinbase = None;
     for (index, (tx, txid)) in txs.iter().zip(ids).enumerate() {
         let signed = match tx {
@@ -729,20 +1102,6 @@ fn apply_body_into(
             source: Box::new(source),
         };
         check_tx_stateless(signed, params).map_err(fail)?;
-        if let TxKind::SubmitResult { job, .. } = &signed.body.kind {
-            if let Some(cost) = state
-                .job(job)
-                .and_then(|record| record.spec.training_cost())
-            {
-                training_cost = training_cost.saturating_add(cost);
-                if training_cost > params.max_block_training_cost {
-                    return Err(BlockError::TrainingCostTooHigh {
-                        cost: training_cost,
-                        max: params.max_block_training_cost,
-                    });
-                }
-            }
-        }
         let fee = apply_transaction(state, journal, signed, *txid, height, params, verifier)
             .map_err(fail)?;
         fees = fees.checked_add(fee).ok_or(BlockError::Overflow("fees"))?;
@@ -774,7 +1133,7 @@ pub fn apply_block(
     block: &Block,
     height: Height,
     params: &ChainParams,
-    verifier: &dyn TrainingVerifier,
+    verifier: &dyn SegmentVerifier,
 ) -> Result<BlockUndo, BlockError> {
     let ids = check_block_body(block, height, params)?;
     let journal = apply_body(state, &block.txs, &ids, height, params, verifier)?;
@@ -807,7 +1166,7 @@ pub fn template_state_root(
     txs: &[Transaction],
     height: Height,
     params: &ChainParams,
-    verifier: &dyn TrainingVerifier,
+    verifier: &dyn SegmentVerifier,
 ) -> Result<StateRoot, BlockError> {
     let ids = txs
         .iter()

@@ -1,7 +1,7 @@
 //! The canonical codec: golden bytes that pin the wire and hash format of a
-//! header, each transaction kind and a block; round trips; and decoding of
-//! arbitrary, truncated and oversized inputs, which must return errors and
-//! never panic.
+//! header, each transaction kind (fraud proofs included) and a block; round
+//! trips; and decoding of arbitrary, truncated and oversized inputs, which
+//! must return errors and never panic.
 #![allow(
     clippy::arithmetic_side_effects,
     clippy::as_conversions,
@@ -17,11 +17,12 @@ use common::*;
 use proptest::prelude::*;
 use protocol::codec::{self, CodecError, MAX_DECODE_BYTES};
 use protocol::job::ENGINE_VERSION;
+use protocol::segments::segments_root;
 use protocol::{
     Acceptance, Activation, Address, Amount, Block, BlockHash, Coinbase, CompactTarget, DatasetRef,
-    Digest, F32Bits, Header, Height, JobId, JobResult, JobSpec, Loss, MerkleRoot, ModelSpec,
-    Optimizer, Signature, SignedTx, Split, StateRoot, Task, TestMetric, Transaction, TxBody,
-    TxKind, HEADER_SIZE, NONCE_OFFSET,
+    Digest, F32Bits, FraudClaim, Header, Height, JobId, JobResult, JobSpec, Loss, MerkleRoot,
+    ModelSpec, OpenedLeaf, Optimizer, SegmentLeaf, Signature, SignedTx, Split, StateRoot, Task,
+    TestMetric, Transaction, TxBody, TxKind, HEADER_SIZE, NONCE_OFFSET,
 };
 
 fn golden_header() -> Header {
@@ -42,16 +43,18 @@ fn golden_txs() -> Vec<(&'static str, Transaction)> {
     let transfer = transfer(&k, 3, to, 1_000, 7);
     let post = post_job(&k, 4, 5_000, 100);
     let job = JobId::from(post.id().unwrap());
+    let leaves = golden_leaves();
     let result = JobResult {
         weights: Digest([0x44; 32]),
-        checkpoints: Digest([0x55; 32]),
+        segments_root: segments_root(&leaves),
         train_loss: F32Bits::from_f32(0.125),
         metric: TestMetric::Accuracy {
             correct: 29,
             total: 30,
         },
     };
-    let submit = submit(&key(3), 0, job, result);
+    let submit = submit_leaves(&key(3), 0, job, result, leaves.clone());
+    let proof = fraud_proof(&key(4), 0, job, segment_claim(&leaves, 3));
     let coinbase = Coinbase {
         height: Height(9),
         miner: to,
@@ -62,14 +65,25 @@ fn golden_txs() -> Vec<(&'static str, Transaction)> {
         ("transfer", Transaction::Signed(transfer)),
         ("post_job", Transaction::Signed(post)),
         ("submit_result", Transaction::Signed(submit)),
+        ("fraud_proof", Transaction::Signed(proof)),
     ]
+}
+
+/// Nine leaves, as a job of eight segments commits to.
+fn golden_leaves() -> Vec<SegmentLeaf> {
+    (0u8..9)
+        .map(|i| SegmentLeaf {
+            state: Digest([0x60 + i; 32]),
+            loss: F32Bits::from_f32(f32::from(i) / 8.0),
+        })
+        .collect()
 }
 
 /// Golden values: the full hex of the header, and the length and SHA-256
 /// of each longer encoding. They change only with a deliberate format
 /// change, which is a hard fork; a failing assertion prints the new values.
 const HEADER_HEX: &str = "0100000011111111111111111111111111111111111111111111111111111111111111112222222222222222222222222222222222222222222222222222222222222222333333333333333333333333333333333333333333333333333333333333333300b95569ffff001e0807060504030201";
-const TX_GOLDEN: [(&str, usize, &str); 4] = [
+const TX_GOLDEN: [(&str, usize, &str); 5] = [
     (
         "coinbase",
         52,
@@ -82,18 +96,23 @@ const TX_GOLDEN: [(&str, usize, &str); 4] = [
     ),
     (
         "post_job",
-        268,
-        "e2e6d78b4ddab1366bc595defe35f9919166cbffe2a48eeb04b4ce626ddb6d13",
+        280,
+        "ca961b81fd38d52db4542a7ec854a7d5e31d7ae7e08acda9ed09d064a0c1ae78",
     ),
     (
         "submit_result",
-        232,
-        "c90d1b0c9b1d7c1b71175c852c245122fbe2b3efe27d493c9710ffdd8ee2aacf",
+        564,
+        "e2f34bd4e31e4ce32730a321f6dc2e368a0ba3c840f075825ae9ed925567d856",
+    ),
+    (
+        "fraud_proof",
+        504,
+        "a87e0bed3476ec1b036f00af1d9c75295ba300f298d8e999a58eb0d1212756b1",
     ),
 ];
 const BLOCK_GOLDEN: (usize, &str) = (
-    836,
-    "5dfd5050d8cf2c911baadb559544c04a33acb165fa871d6ac31bf7b2c3dd5608",
+    1684,
+    "2fb09801e1cd213973f8ab64d65674552df5fb7698bdc0740343c57443911a02",
 );
 
 fn golden_block() -> Block {
@@ -129,6 +148,7 @@ fn header_golden_bytes_and_layout() {
 
 #[test]
 fn transaction_golden_bytes() {
+    assert_eq!(golden_txs().len(), TX_GOLDEN.len());
     for ((name, tx), (golden_name, len, digest)) in golden_txs().into_iter().zip(TX_GOLDEN) {
         assert_eq!(name, golden_name);
         let bytes = codec::encode(&tx).unwrap();
@@ -156,6 +176,45 @@ fn transfer_layout_is_as_documented() {
     assert_eq!(&bytes[4..36], tx.body.from.as_bytes());
     assert_eq!(&bytes[36..44], &3u64.to_le_bytes());
     assert_eq!(&bytes[bytes.len() - 64..], &tx.signature.0);
+}
+
+#[test]
+fn result_and_fraud_proof_layout_is_as_documented() {
+    let txs = golden_txs();
+    let leaves = golden_leaves();
+    // Common prefix: enum tag (u32) | from (32) | nonce (u64) | fee (u64) | kind tag (u32).
+    let kind = 4 + 32 + 8 + 8;
+    // SubmitResult: job (32) | weights (32) | segments root (32) | train loss (f32 bits)
+    // | metric tag (u32) | correct (u32) | total (u32) | leaf count (u64)
+    // | leaves (state 32 | loss 4 each) | signature (64)
+    let bytes = codec::encode(&txs[3].1).unwrap();
+    assert_eq!(&bytes[kind..kind + 4], &2u32.to_le_bytes());
+    let root = kind + 4 + 32 + 32;
+    assert_eq!(&bytes[root..root + 32], segments_root(&leaves).as_bytes());
+    let count = root + 32 + 4 + 12;
+    assert_eq!(&bytes[count..count + 8], &9u64.to_le_bytes());
+    assert_eq!(
+        &bytes[count + 8..count + 8 + 32],
+        leaves[0].state.as_bytes()
+    );
+    assert_eq!(bytes.len(), count + 8 + 9 * 36 + 64);
+    // FraudProof: job (32) | claim tag (u32) | index (u32)
+    // | prev: leaf (36) | path length (u64) | path (32 each) | leaf: the same | signature (64)
+    let bytes = codec::encode(&txs[4].1).unwrap();
+    assert_eq!(&bytes[kind..kind + 4], &3u32.to_le_bytes());
+    let claim = kind + 4 + 32;
+    assert_eq!(&bytes[claim..claim + 4], &1u32.to_le_bytes(), "Segment");
+    assert_eq!(&bytes[claim + 4..claim + 8], &3u32.to_le_bytes(), "index");
+    let prev = claim + 8;
+    assert_eq!(&bytes[prev..prev + 32], leaves[2].state.as_bytes());
+    let path = opened(&leaves, 2).path;
+    assert_eq!(
+        &bytes[prev + 36..prev + 44],
+        &(path.len() as u64).to_le_bytes()
+    );
+    assert_eq!(&bytes[prev + 44..prev + 76], path[0].as_bytes());
+    let opened_len = 36 + 8 + 32 * path.len();
+    assert_eq!(bytes.len(), prev + 2 * opened_len + 64);
 }
 
 #[test]
@@ -222,14 +281,16 @@ fn arb_spec() -> impl Strategy<Value = JobSpec> {
             any::<u32>(),
         ),
         (any::<bool>(), any::<u32>(), arb_f32()),
+        (any::<u64>(), any::<u32>()),
     )
         .prop_map(
             |(
                 (digest, rows, features, classes),
                 (validation, test, hidden),
                 (adam, lr, b1, b2, eps),
-                (l1, l2, batch, epochs, seed, checkpoint),
+                (l1, l2, batch, epochs, seed, segments),
                 (accuracy, ppm, mse),
+                (bond, challenge_window),
             )| JobSpec {
                 dataset: DatasetRef {
                     digest: Digest(digest),
@@ -268,15 +329,41 @@ fn arb_spec() -> impl Strategy<Value = JobSpec> {
                 batch_size: batch,
                 epochs,
                 base_seed: seed,
-                checkpoint_interval: checkpoint,
+                segments,
                 engine_version: ENGINE_VERSION,
                 acceptance: if accuracy {
                     Acceptance::MinAccuracy { ppm }
                 } else {
                     Acceptance::MaxMse { mse }
                 },
+                bond: Amount(bond),
+                challenge_window,
             },
         )
+}
+
+fn arb_leaf() -> impl Strategy<Value = SegmentLeaf> {
+    (arb_bytes32(), arb_f32()).prop_map(|(state, loss)| SegmentLeaf {
+        state: Digest(state),
+        loss,
+    })
+}
+
+fn arb_opened() -> impl Strategy<Value = OpenedLeaf> {
+    (
+        arb_leaf(),
+        prop::collection::vec(arb_bytes32().prop_map(Digest), 0..13),
+    )
+        .prop_map(|(leaf, path)| OpenedLeaf { leaf, path })
+}
+
+fn arb_claim() -> impl Strategy<Value = FraudClaim> {
+    prop_oneof![
+        arb_opened().prop_map(|first| FraudClaim::InitialState { first }),
+        (any::<u32>(), arb_opened(), arb_opened())
+            .prop_map(|(index, prev, leaf)| FraudClaim::Segment { index, prev, leaf }),
+        arb_opened().prop_map(|last| FraudClaim::Final { last }),
+    ]
 }
 
 fn arb_kind() -> impl Strategy<Value = TxKind> {
@@ -299,24 +386,32 @@ fn arb_kind() -> impl Strategy<Value = TxKind> {
             arb_f32(),
             any::<u32>(),
             any::<u32>(),
-            any::<bool>()
+            any::<bool>(),
+            prop::collection::vec(arb_leaf(), 0..12),
         )
-            .prop_map(|(job, w, c, loss, a, b, acc)| TxKind::SubmitResult {
-                job: JobId(job),
-                result: JobResult {
-                    weights: Digest(w),
-                    checkpoints: Digest(c),
-                    train_loss: loss,
-                    metric: if acc {
-                        TestMetric::Accuracy {
-                            correct: a,
-                            total: b,
-                        }
-                    } else {
-                        TestMetric::Mse(F32Bits(a))
+            .prop_map(
+                |(job, w, root, loss, a, b, acc, leaves)| TxKind::SubmitResult {
+                    job: JobId(job),
+                    leaves,
+                    result: JobResult {
+                        weights: Digest(w),
+                        segments_root: Digest(root),
+                        train_loss: loss,
+                        metric: if acc {
+                            TestMetric::Accuracy {
+                                correct: a,
+                                total: b,
+                            }
+                        } else {
+                            TestMetric::Mse(F32Bits(a))
+                        },
                     },
-                },
-            }),
+                }
+            ),
+        (arb_bytes32(), arb_claim()).prop_map(|(job, claim)| TxKind::FraudProof {
+            job: JobId(job),
+            claim,
+        }),
     ]
 }
 
@@ -407,6 +502,9 @@ proptest! {
         }
         if let Ok(spec) = codec::decode::<JobSpec>(&bytes) {
             prop_assert_eq!(codec::encode(&spec).unwrap(), bytes.clone());
+        }
+        if let Ok(claim) = codec::decode::<FraudClaim>(&bytes) {
+            prop_assert_eq!(codec::encode(&claim).unwrap(), bytes.clone());
         }
     }
 

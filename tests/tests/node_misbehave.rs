@@ -5,118 +5,12 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
+use gradchain_tests::{forged_block, raw_client};
 use node::net::wire::{BLOCKS_TOPIC, TXS_TOPIC};
 use node::testkit::{init_test_logging, start_regtest, wait_until};
 use protocol::params::faucet_key;
 use protocol::rpc::BlockRef;
-use protocol::{
-    codec, merkle_root, Address, Amount, Block, BlockHash, ChainParams, Coinbase, Header, SignedTx,
-    StateRoot, Transaction, TxBody, TxKind,
-};
-use tokio::sync::mpsc;
-
-/// A gossipsub-only client driven by its own task.
-struct RawClient {
-    peer_id: PeerId,
-    publish: mpsc::UnboundedSender<(&'static str, Vec<u8>)>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn raw_client(target: Multiaddr) -> anyhow::Result<RawClient> {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
-        .with_behaviour(|key| {
-            let config = gossipsub::ConfigBuilder::default()
-                .max_transmit_size(4 << 20)
-                .build()
-                .map_err(|e| e.to_string())?;
-            let behaviour: gossipsub::Behaviour = gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                config,
-            )?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(behaviour)
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-        .build();
-    let peer_id = *swarm.local_peer_id();
-    swarm.dial(target)?;
-    let (publish, mut requests) = mpsc::unbounded_channel::<(&'static str, Vec<u8>)>();
-    let task = tokio::spawn(async move {
-        let mut pending: Vec<(&'static str, Vec<u8>)> = Vec::new();
-        let mut retry = tokio::time::interval(Duration::from_millis(50));
-        loop {
-            tokio::select! {
-                request = requests.recv() => match request {
-                    Some(request) => pending.push(request),
-                    None => break,
-                },
-                event = swarm.select_next_some() => {
-                    if let SwarmEvent::ConnectionClosed { .. } = event {
-                        // Banned: nothing more to send.
-                    }
-                }
-                _ = retry.tick() => {
-                    pending.retain(|(topic, data)| {
-                        match swarm.behaviour_mut().publish(IdentTopic::new(*topic), data.clone()) {
-                            Ok(_) | Err(gossipsub::PublishError::Duplicate) => false,
-                            Err(_) => true,
-                        }
-                    });
-                }
-            }
-        }
-    });
-    Ok(RawClient {
-        peer_id,
-        publish,
-        task,
-    })
-}
-
-/// A block on `parent` with a correct merkle root; its proof of work is
-/// ground to `valid_pow`.
-fn forged_block(
-    parent: &Block,
-    height: u64,
-    txs: Vec<Transaction>,
-    valid_pow: bool,
-) -> anyhow::Result<Block> {
-    let params = ChainParams::regtest();
-    let mut all = vec![Transaction::Coinbase(Coinbase {
-        height: protocol::Height(height),
-        miner: Address([0xee; 32]),
-        amount: params.subsidy(protocol::Height(height)),
-    })];
-    all.extend(txs);
-    let ids = all
-        .iter()
-        .map(Transaction::id)
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut header = Header {
-        version: params.block_version,
-        prev: parent.hash(),
-        merkle_root: merkle_root(&ids),
-        state_root: StateRoot([0x42; 32]),
-        time: parent.header.time + 1,
-        bits: params.pow_limit,
-        nonce: 0,
-    };
-    let target = header.bits.to_target()?;
-    let mut hasher = header.hasher();
-    while target.is_met_by(&BlockHash(hasher.hash_with_nonce(header.nonce))) != valid_pow {
-        header.nonce += 1;
-    }
-    Ok(Block { header, txs: all })
-}
+use protocol::{codec, Address, Amount, ChainParams, SignedTx, Transaction, TxBody, TxKind};
 
 fn forged_tx() -> anyhow::Result<SignedTx> {
     let params = ChainParams::regtest();
@@ -178,10 +72,22 @@ async fn a_misbehaving_peer_is_penalised_while_honest_peers_keep_syncing() -> an
     let bad_pow = raw_client(a_addr.clone())?;
     bad_pow.publish.send((
         BLOCKS_TOPIC,
-        codec::encode(&forged_block(&parent, next, vec![], false)?)?,
+        codec::encode(&forged_block(
+            parent.hash(),
+            parent.header.time,
+            next,
+            vec![],
+            false,
+        )?)?,
     ))?;
     let bad_tx_block = raw_client(a_addr.clone())?;
-    let invalid = forged_block(&parent, next, vec![Transaction::Signed(forged_tx()?)], true)?;
+    let invalid = forged_block(
+        parent.hash(),
+        parent.header.time,
+        next,
+        vec![Transaction::Signed(forged_tx()?)],
+        true,
+    )?;
     bad_tx_block
         .publish
         .send((BLOCKS_TOPIC, codec::encode(&invalid)?))?;

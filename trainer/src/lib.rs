@@ -1,8 +1,10 @@
-//! gradchain's trainer: datasets, the reproducible training engine, replay
-//! verification and prediction.
+//! gradchain's trainer: datasets, the reproducible training engine, resumable
+//! training sessions, segment replay for optimistic verification, and
+//! prediction.
 //!
-//! A worker trains a job and puts the digest of the weights on chain; every
-//! node replays the training and must get the same bits. So everything here
+//! A worker trains a job and commits on chain to the digest of the weights
+//! and of the training state after every segment; any node may replay a
+//! segment from the state before it and must get the same bits. So everything here
 //! is deterministic in the job spec, the dataset blob and the seed, on any
 //! x86-64 CPU, thread count, build profile and `-C target-cpu`: candle
 //! tensors hold the parameters, every operator whose stock implementation
@@ -14,6 +16,7 @@
 //! never let time, threads or the environment reach a result.
 
 pub mod bench;
+pub mod cheat;
 pub mod dataset;
 pub mod kernels;
 pub mod model;
@@ -22,6 +25,7 @@ pub mod optim;
 pub mod prep;
 pub mod rng;
 pub mod rpc_client;
+pub mod session;
 pub mod settings;
 pub mod step;
 pub mod train;
@@ -30,6 +34,9 @@ pub mod weights;
 
 pub use dataset::{parse_csv, Dataset, DatasetError, DatasetLimits, Targets, TaskKind};
 pub use model::{predict, ModelError, Prediction, TrainedModel};
+pub use session::{FinishedRun, Session, StateError, STATE_MAGIC};
 pub use settings::{OptimizerKind, TrainSettings};
-pub use train::{train, Progress, TrainError, TrainOutcome};
-pub use verify::{verify, DatasetSource, ReplayVerifier};
+pub use train::{train, train_keeping_states, Progress, TrainError, TrainOutcome};
+pub use verify::{
+    audit, sample_segments, AuditError, AuditFault, AuditReport, BlobSource, ReplayVerifier,
+};

@@ -102,9 +102,10 @@ struct TrainArgs {
     /// Seed of the split and of training [default: 0].
     #[arg(long)]
     seed: Option<u64>,
-    /// Optimizer steps between checkpoints, 0 for none [default: 100].
+    /// Segments the steps are cut into, each ending in a committed state
+    /// [default: 64; at most the run's steps].
     #[arg(long)]
-    checkpoint_interval: Option<u32>,
+    segments: Option<u32>,
     /// Write the weights here as safetensors.
     #[arg(long, value_name = "WEIGHTS.safetensors")]
     out: Option<PathBuf>,
@@ -223,7 +224,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         batch: args.batch.unwrap_or(d.batch),
         epochs: args.epochs.unwrap_or(d.epochs),
         seed: args.seed.unwrap_or(d.seed),
-        checkpoint_interval: args.checkpoint_interval.unwrap_or(d.checkpoint_interval),
+        segments: args.segments.unwrap_or(d.segments),
     };
     let spec = settings.job_spec(&dataset)?;
     tracing::info!(
@@ -270,7 +271,8 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let result = &outcome.result;
     let mut json = serde_json::json!({
         "digest": result.weights.to_hex(),
-        "checkpoints": result.checkpoints.to_hex(),
+        "segments_root": result.segments_root.to_hex(),
+        "segments": outcome.segment_losses(),
         "dataset": spec.dataset.digest.to_hex(),
         "train_loss": result.train_loss.to_f32(),
         "params": outcome.params,
@@ -279,6 +281,10 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     });
     let mut lines = vec![
         format!("digest {}", result.weights),
+        format!(
+            "segments root {} ({} segments)",
+            result.segments_root, spec.segments
+        ),
         format!("train loss {}", result.train_loss.to_f32()),
     ];
     for (prefix, metric) in [

@@ -151,7 +151,7 @@ impl Mlp {
     }
 
     /// Every parameter with its name, sorted by name: the order of the
-    /// digest, of checkpoints and of optimizer state.
+    /// digest, of the optimizer state and of the training state.
     pub fn named_params(&self) -> Vec<(String, &Var)> {
         self.named_slots()
             .into_iter()
@@ -171,16 +171,7 @@ impl Mlp {
     }
 
     fn named_slots(&self) -> Vec<(String, usize, bool)> {
-        let mut named: Vec<(String, usize, bool)> = (0..self.layers.len())
-            .flat_map(|i| {
-                [
-                    (format!("layers.{i}.weight"), i, false),
-                    (format!("layers.{i}.bias"), i, true),
-                ]
-            })
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        named
+        named_slots(self.layers.len())
     }
 
     /// Number of trainable values.
@@ -190,6 +181,31 @@ impl Mlp {
             .map(|l| l.weight.elem_count() + l.bias.elem_count())
             .sum()
     }
+}
+
+/// `(name, layer, is_bias)` of every parameter of a `layers`-layer network,
+/// sorted by name ("layers.10" sorts before "layers.2"): the one order of
+/// the digest, the optimizer state and the training state.
+fn named_slots(layers: usize) -> Vec<(String, usize, bool)> {
+    let mut named: Vec<(String, usize, bool)> = (0..layers)
+        .flat_map(|i| {
+            [
+                (format!("layers.{i}.weight"), i, false),
+                (format!("layers.{i}.bias"), i, true),
+            ]
+        })
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+/// `(layer, is_bias)` of each parameter of a `layers`-layer network in
+/// [`Mlp::named_params`] order, without building the network.
+pub fn param_slots(layers: usize) -> Vec<(usize, bool)> {
+    named_slots(layers)
+        .into_iter()
+        .map(|(_, layer, is_bias)| (layer, is_bias))
+        .collect()
 }
 
 /// Appends one tensor's digest encoding to `hasher`.

@@ -89,12 +89,20 @@ pub struct JobPostArgs {
     /// Base seed of the split.
     #[arg(long)]
     seed: Option<u64>,
-    /// Optimizer steps between checkpoints, 0 for none.
+    /// Segments the steps are cut into.
     #[arg(long)]
-    checkpoint_interval: Option<u32>,
+    segments: Option<u32>,
     /// The reward, in base units.
     #[arg(long)]
     bounty: u64,
+    /// What a worker escrows with its result, slashed if a fraud proof
+    /// shows it false [default: the bounty, at least the chain's minimum].
+    #[arg(long)]
+    bond: Option<u64>,
+    /// Blocks a result stays open to fraud proofs before it is paid
+    /// [default: the chain's minimum].
+    #[arg(long)]
+    challenge_window: Option<u32>,
     /// Fee in base units.
     #[arg(long, default_value_t = 1)]
     fee: u64,
@@ -134,6 +142,11 @@ pub struct WorkArgs {
     /// Give up after this many seconds without reaching the node.
     #[arg(long, default_value_t = 60)]
     unreachable_secs: u64,
+    /// For tests and demos of fraud proofs: train honestly for this many
+    /// segments, then make up the rest of the claim (a lazy worker; 0 makes
+    /// up everything). Its bond is slashed when an auditor catches it.
+    #[arg(long, value_name = "J")]
+    cheat_from_segment: Option<u32>,
 }
 
 /// `predict` arguments.
@@ -308,7 +321,7 @@ pub fn job_post(args: JobPostArgs) -> anyhow::Result<()> {
             batch: args.batch.unwrap_or(d.batch),
             epochs: args.epochs.unwrap_or(d.epochs),
             seed: args.seed.unwrap_or(d.seed),
-            checkpoint_interval: args.checkpoint_interval.unwrap_or(d.checkpoint_interval),
+            segments: args.segments.unwrap_or(d.segments),
         };
         let mut spec: JobSpec = settings.job_spec(&dataset)?;
         spec.acceptance = match (spec.acceptance, args.min_accuracy, args.max_mse) {
@@ -330,10 +343,19 @@ pub fn job_post(args: JobPostArgs) -> anyhow::Result<()> {
             ),
         };
         let from = Address::from_verifying_key(&key.verifying_key());
-        let (chain_id, height) = match ask(&args.node, RpcRequest::Status).await? {
-            RpcResponse::Status(s) => (s.chain_id, s.height),
+        let (chain_id, height, chain) = match ask(&args.node, RpcRequest::Status).await? {
+            RpcResponse::Status(s) => (s.chain_id, s.height, s.chain),
             other => bail!("unexpected answer: {other:?}"),
         };
+        let limits = protocol::ChainParams::by_name(&chain)
+            .ok_or_else(|| anyhow!("the node runs chain {chain:?}, which this trainer does not know"))?
+            .job_limits;
+        spec.bond = Amount(args.bond.unwrap_or(args.bounty.max(limits.min_bond.0)));
+        spec.challenge_window = args
+            .challenge_window
+            .unwrap_or(limits.min_challenge_window);
+        spec.validate(&limits)
+            .map_err(|e| anyhow!("the job does not fit chain {chain}: {e}"))?;
         let nonce = match ask(&args.node, RpcRequest::Balance(from)).await? {
             RpcResponse::Balance(b) => b.next_nonce,
             other => bail!("unexpected answer: {other:?}"),
@@ -430,40 +452,69 @@ async fn work_one(
     let blob = get_blob(&args.node, BlobName::Content(digest)).await?;
     let dataset = Dataset::from_blob(&blob, &DatasetLimits::default())?;
     let seed = worker_seed(&job, &worker, spec.base_seed);
-    tracing::info!(%job, seed, epochs = spec.epochs, "training");
+    tracing::info!(%job, seed, epochs = spec.epochs, segments = spec.segments, "training");
     let started = Instant::now();
     let train_spec = spec.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        trainer::train(&train_spec, &dataset, seed, &mut |_| {})
+    let cheat_from = args.cheat_from_segment;
+    // The worker keeps every state S_0..S_n to serve challengers.
+    let (result, leaves, states, model) = tokio::task::spawn_blocking(move || {
+        if let Some(honest) = cheat_from {
+            let claim = trainer::cheat::cheat(&train_spec, &dataset, seed, honest)?;
+            return Ok::<_, anyhow::Error>((claim.result, claim.leaves, claim.states, None));
+        }
+        let mut states = Vec::new();
+        let outcome = trainer::train_keeping_states(
+            &train_spec,
+            &dataset,
+            seed,
+            &mut |_| {},
+            &mut |_, bytes| states.push(bytes.to_vec()),
+        )?;
+        Ok((outcome.result, outcome.leaves, states, Some(outcome.model)))
     })
     .await??;
-    let result = outcome.result;
     tracing::info!(%job, weights = %result.weights, metric = %result.metric, seconds = started.elapsed().as_secs_f64(), "trained");
+    if let Some(honest) = cheat_from {
+        tracing::warn!(%job, honest_segments = honest, segments = spec.segments, "claiming a made-up result: this worker is lazy on purpose");
+    }
     if let Err(err) = check_acceptance(spec, &result.metric) {
         tracing::warn!(%job, reason = %err, "model misses the job's bar, not submitting");
         return Ok(false);
     }
-    let path = std::env::temp_dir().join(format!(
-        "gradchain-weights-{}-{}.safetensors",
-        std::process::id(),
-        job
-    ));
-    outcome.model.save(&path)?;
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let _ = std::fs::remove_file(&path);
-    match ask(
-        &args.node,
-        RpcRequest::PutBlob {
-            kind: BlobKind::Weights,
-            bytes,
-        },
-    )
-    .await?
-    {
-        RpcResponse::BlobStored(file) => {
-            tracing::info!(%job, file = %file, weights = %result.weights, "weights uploaded")
+    let served = states.len();
+    for bytes in states {
+        match ask(
+            &args.node,
+            RpcRequest::PutBlob {
+                kind: BlobKind::State,
+                bytes,
+            },
+        )
+        .await?
+        {
+            RpcResponse::BlobStored(_) => {}
+            other => bail!("the node refused a training state: {other:?}"),
         }
-        other => bail!("unexpected answer: {other:?}"),
+    }
+    tracing::info!(%job, states = served, "training states served");
+    if let Some(model) = model {
+        // Written from memory: no file on disk that another user could
+        // swap or read.
+        let bytes = trainer::weights::safetensors_bytes(&model)?;
+        match ask(
+            &args.node,
+            RpcRequest::PutBlob {
+                kind: BlobKind::Weights,
+                bytes,
+            },
+        )
+        .await?
+        {
+            RpcResponse::BlobStored(file) => {
+                tracing::info!(%job, file = %file, weights = %result.weights, "weights uploaded")
+            }
+            other => bail!("unexpected answer: {other:?}"),
+        }
     }
     let chain_id = match ask(&args.node, RpcRequest::Status).await? {
         RpcResponse::Status(s) => s.chain_id,
@@ -477,7 +528,11 @@ async fn work_one(
         from: worker,
         nonce,
         fee: Amount(args.fee),
-        kind: TxKind::SubmitResult { job, result },
+        kind: TxKind::SubmitResult {
+            job,
+            result,
+            leaves,
+        },
     }
     .sign(key, chain_id)?;
     match ask(&args.node, RpcRequest::SubmitTx(tx)).await? {

@@ -7,8 +7,8 @@
 //! the parameter and state once. Every element sees a fixed sequence of
 //! IEEE operations, including Adam's bias corrections, which are running
 //! products of the betas in f32. This module must never use `powf`/`exp`
-//! from the platform or reorder the per-element formula: checkpoints hash the
-//! state, so its bits are consensus.
+//! from the platform or reorder the per-element formula: the training state
+//! a worker commits to carries these buffers, so their bits are consensus.
 
 use std::cell::RefCell;
 
@@ -16,7 +16,6 @@ use candle_core::backend::BackendStorage;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp1, Layout, Storage, Var};
 use protocol::Optimizer;
-use sha2::{Digest as _, Sha256};
 
 type CandleResult<T> = candle_core::Result<T>;
 
@@ -306,38 +305,6 @@ impl OptimizerState {
         }
         Ok(())
     }
-
-    /// Feeds the state (step products and every buffer in parameter order,
-    /// f32 LE) to a checkpoint hash.
-    pub fn hash_into(&self, hasher: &mut Sha256) {
-        let mut put = |buffers: &[Vec<f32>]| {
-            for buffer in buffers {
-                hasher.update((buffer.len() as u64).to_le_bytes());
-                let mut bytes = Vec::with_capacity(buffer.len() * 4);
-                for v in buffer {
-                    bytes.extend_from_slice(&v.to_le_bytes());
-                }
-                hasher.update(&bytes);
-            }
-        };
-        match self {
-            Self::Sgd { velocity, .. } => {
-                put(velocity);
-            }
-            Self::Adam {
-                beta1_power,
-                beta2_power,
-                m,
-                v,
-                ..
-            } => {
-                put(m);
-                put(v);
-                hasher.update(beta1_power.to_le_bytes());
-                hasher.update(beta2_power.to_le_bytes());
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -459,23 +426,5 @@ mod tests {
             bits(&start().0),
             "the updates moved the parameters"
         );
-    }
-
-    #[test]
-    fn state_hash_changes_with_the_state() {
-        let p = Var::from_vec(vec![1.0f32], 1, &Device::Cpu).unwrap();
-        let spec = Optimizer::Sgd {
-            lr: F32Bits::from_f32(0.1),
-            momentum: F32Bits::from_f32(0.9),
-        };
-        let mut opt = OptimizerState::new(&spec, &[1]);
-        let hash = |o: &OptimizerState| {
-            let mut h = Sha256::new();
-            o.hash_into(&mut h);
-            h.finalize()
-        };
-        let before = hash(&opt);
-        opt.step(&[&p], &quadratic_grads(&p)).unwrap();
-        assert_ne!(hash(&opt), before);
     }
 }

@@ -38,6 +38,12 @@ impl SplitMix64 {
         Self::new(u64::from_le_bytes(first))
     }
 
+    /// The whole generator state: [`Self::new`] of it continues the stream
+    /// exactly where this one is, which is how a training state resumes it.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -80,6 +86,15 @@ mod tests {
         let mut rng = SplitMix64::new(0);
         assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+    }
+
+    #[test]
+    fn a_generator_rebuilt_from_its_state_continues_the_stream() {
+        let mut a = SplitMix64::for_purpose(9, "batches");
+        a.next_u64();
+        let mut b = SplitMix64::new(a.state());
+        assert_eq!(a.next_u64(), b.next_u64());
+        assert_eq!(a.state(), b.state());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! files, the environment or a clock.
 
 use protocol::job::ENGINE_VERSION;
-use protocol::{Acceptance, Activation, F32Bits, JobSpec, Loss, ModelSpec, Optimizer, Split, Task};
+use protocol::{
+    Acceptance, Activation, Amount, F32Bits, JobSpec, Loss, ModelSpec, Optimizer, Split, Task,
+};
 
 use crate::dataset::Dataset;
 
@@ -44,8 +46,9 @@ pub struct TrainSettings {
     pub epochs: u32,
     /// Seed of the split and of training.
     pub seed: u64,
-    /// Steps between checkpoints.
-    pub checkpoint_interval: u32,
+    /// Segments the run's steps are cut into; a worker commits to the state
+    /// after each.
+    pub segments: u32,
 }
 
 /// Adam's default learning rate.
@@ -73,7 +76,7 @@ impl Default for TrainSettings {
             batch: 32,
             epochs: 40,
             seed: 0,
-            checkpoint_interval: 100,
+            segments: protocol::segments::DEFAULT_SEGMENTS,
         }
     }
 }
@@ -134,7 +137,11 @@ impl TrainSettings {
                 expected: "1..=65536",
             });
         }
-        for (what, value) in [("batch", self.batch), ("epochs", self.epochs)] {
+        for (what, value) in [
+            ("batch", self.batch),
+            ("epochs", self.epochs),
+            ("segments", self.segments),
+        ] {
             if value == 0 {
                 return Err(SettingsError {
                     what,
@@ -183,7 +190,7 @@ impl TrainSettings {
             batch_size: self.batch,
             epochs: self.epochs,
             base_seed: self.seed,
-            checkpoint_interval: self.checkpoint_interval,
+            segments: self.segments,
             engine_version: ENGINE_VERSION,
             acceptance: match task {
                 Task::Classification { .. } => Acceptance::MinAccuracy { ppm: 0 },
@@ -191,6 +198,9 @@ impl TrainSettings {
                     mse: F32Bits::from_f32(f32::MAX),
                 },
             },
+            // Chain-only terms: training ignores them, `job post` sets them.
+            bond: Amount(0),
+            challenge_window: 0,
         })
     }
 }

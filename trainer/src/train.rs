@@ -1,22 +1,22 @@
 //! The training run: from a job spec, a dataset and a seed to trained
-//! weights, checkpoints, losses and metrics.
+//! weights, the segment leaves a worker commits to, losses and metrics.
 //!
-//! Everything that influences the result is in the spec, the dataset blob and
-//! the seed; the run reads no clock, environment or thread count, so a replay
-//! anywhere gives the same [`JobResult`]. This module must never let a
-//! progress callback, a log line or a timing feed back into the computation.
+//! A run is a [`Session`] driven through every segment of the spec; the leaf
+//! of segment j is the digest of the state after it and its mean batch loss,
+//! and the result carries the root over leaves 0..=n. Everything that
+//! influences the result is in the spec, the dataset blob and the seed; the
+//! run reads no clock, environment or thread count, so a replay anywhere
+//! gives the same [`JobResult`]. This module must never let a progress or
+//! state callback, a log line or a timing feed back into the computation.
 
 use protocol::job::ENGINE_VERSION;
-use protocol::{Digest, F32Bits, JobResult, JobSpec, Loss, Task, TestMetric};
-use sha2::{Digest as _, Sha256};
+use protocol::segments::segments_root;
+use protocol::{Digest, F32Bits, JobResult, JobSpec, Loss, SegmentLeaf, Task, TestMetric};
 
 use crate::dataset::Dataset;
-use crate::model::{argmax, hash_tensor, Mlp, ModelError, TrainedModel};
-use crate::ops::WeightPenalty;
-use crate::optim::OptimizerState;
-use crate::prep::{prepare, Part, PrepError, Prepared};
-use crate::rng::SplitMix64;
-use crate::step::{BatchTargets, StepWorkspace};
+use crate::model::{argmax, ModelError, TrainedModel};
+use crate::prep::{Part, PrepError};
+use crate::session::{Session, StateError};
 
 /// Why a training run could not start or finish.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -44,6 +44,27 @@ pub enum TrainError {
         step: u64,
         /// The loss.
         loss: f32,
+    },
+    /// Bytes that are not a training state of this spec and dataset.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A segment asked of a session that does not stand at its first step.
+    #[error("segment {index} starts at step {expected}, but the session is at step {step}")]
+    SegmentOrder {
+        /// The segment.
+        index: u32,
+        /// Steps the session has done.
+        step: u64,
+        /// Steps before the segment.
+        expected: u64,
+    },
+    /// A run asked for its result before taking all its steps.
+    #[error("the run has taken {step} steps, expected all {total} before its result")]
+    Unfinished {
+        /// Steps done.
+        step: u64,
+        /// Steps in the run.
+        total: u64,
     },
 }
 
@@ -77,8 +98,8 @@ pub struct TrainOutcome {
     pub model: TrainedModel,
     /// What a worker puts on chain.
     pub result: JobResult,
-    /// The checkpoint digests, in step order.
-    pub checkpoints: Vec<Digest>,
+    /// The leaves under `result.segments_root`: S_0 and each segment's.
+    pub leaves: Vec<SegmentLeaf>,
     /// The metric on the validation part (`Accuracy { 0, 0 }` when it is empty).
     pub validation: TestMetric,
     /// Optimizer steps taken.
@@ -92,6 +113,15 @@ impl TrainOutcome {
     pub fn test_accuracy(&self) -> Option<f64> {
         accuracy(&self.result.metric)
     }
+
+    /// The loss curve: each segment's mean batch loss, segment 1 first.
+    pub fn segment_losses(&self) -> Vec<f32> {
+        self.leaves
+            .iter()
+            .skip(1)
+            .map(|l| l.loss.to_f32())
+            .collect()
+    }
 }
 
 /// A metric's accuracy as a fraction.
@@ -104,7 +134,7 @@ pub fn accuracy(metric: &TestMetric) -> Option<f64> {
     }
 }
 
-fn spec_error(
+pub(crate) fn spec_error(
     what: &'static str,
     got: impl std::fmt::Debug,
     expected: impl std::fmt::Display,
@@ -120,7 +150,7 @@ fn spec_error(
 pub const MAX_PARAMETERS: u64 = 1 << 28;
 
 /// Checks what this engine needs of the spec and the dataset it is given.
-fn check(spec: &JobSpec, dataset: &Dataset) -> Result<(), TrainError> {
+pub(crate) fn check(spec: &JobSpec, dataset: &Dataset) -> Result<(), TrainError> {
     if spec.engine_version != ENGINE_VERSION {
         return Err(spec_error(
             "engine version",
@@ -190,176 +220,84 @@ fn check(spec: &JobSpec, dataset: &Dataset) -> Result<(), TrainError> {
 /// The run: split and standardize by `spec.base_seed`; initialise from
 /// `seed`; each epoch, reshuffle the training rows (the seed's "batches"
 /// stream), take batches of `batch_size` in that order (the last may be
-/// short), minimise the data loss plus `l1·Σ|w| + l2·Σw²` over weight
-/// matrices (not biases), and every `checkpoint_interval` steps record the
-/// digest of weights and optimizer state. Then measure validation and test.
+/// short) and minimise the data loss plus `l1·Σ|w| + l2·Σw²` over weight
+/// matrices (not biases). The T steps are cut into `spec.segments` segments
+/// (at least one step each, so T < segments is a [`TrainError::Spec`]), and
+/// the digest of the state after each is a leaf. Then measure validation and
+/// test.
 pub fn train(
     spec: &JobSpec,
     dataset: &Dataset,
     seed: u64,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainOutcome, TrainError> {
-    check(spec, dataset)?;
-    let prepared = prepare(dataset, &spec.split, spec.base_seed)?;
-    let Prepared {
-        features,
-        train: train_part,
-        validation,
-        test,
-        scaling,
-    } = prepared;
-    let outputs = spec.outputs() as usize;
-    let widths: Vec<usize> = std::iter::once(features)
-        .chain(spec.model.hidden.iter().map(|w| *w as usize))
-        .chain(std::iter::once(outputs))
-        .collect();
-    let mlp = Mlp::init(&widths, seed)?;
-    let sizes: Vec<usize> = mlp
-        .named_params()
-        .iter()
-        .map(|(_, v)| v.elem_count())
-        .collect();
-    let mut optimizer = OptimizerState::new(&spec.optimizer, &sizes);
-    let (l1, l2) = (spec.l1.to_f32(), spec.l2.to_f32());
-    let penalty = (l1 != 0.0 || l2 != 0.0).then_some(WeightPenalty { l1, l2 });
+    run(spec, dataset, seed, on_progress, None)
+}
 
-    let batch = spec.batch_size as usize;
-    let batches_per_epoch = train_part.rows.div_ceil(batch) as u64;
-    let total_steps = batches_per_epoch * u64::from(spec.epochs);
-    let mut order: Vec<usize> = (0..train_part.rows).collect();
-    let mut order_rng = SplitMix64::for_purpose(seed, "batches");
-    let mut checkpoints = Vec::new();
-    let mut step = 0u64;
-    let mut train_loss = 0.0f32;
-    let mut x_batch = Vec::with_capacity(batch.min(train_part.rows) * features);
-    let mut labels_batch = Vec::new();
-    let mut targets_batch = Vec::new();
-    let mut workspace = StepWorkspace::new();
-    let params: Vec<_> = mlp.named_params().into_iter().map(|(_, v)| v).collect();
-    for epoch in 1..=spec.epochs {
-        order_rng.shuffle(&mut order);
-        let mut epoch_losses = Vec::with_capacity(batches_per_epoch as usize);
-        for rows in order.chunks(batch) {
-            x_batch.clear();
-            for &r in rows {
-                x_batch.extend_from_slice(
-                    train_part
-                        .x
-                        .get(r * features..(r + 1) * features)
-                        .unwrap_or_default(),
-                );
-            }
-            let loss = match spec.loss {
-                Loss::CrossEntropy => {
-                    labels_batch.clear();
-                    labels_batch.extend(
-                        rows.iter()
-                            .map(|&r| train_part.labels.get(r).copied().unwrap_or(0)),
-                    );
-                    workspace.gradients(
-                        &mlp,
-                        &x_batch,
-                        rows.len(),
-                        BatchTargets::Labels(&labels_batch),
-                        penalty,
-                    )?
+/// [`train`], handing the bytes of every state S_0..=S_n to `on_state` with
+/// its index as it is reached: what a worker keeps to serve a challenger.
+/// The session never holds them; each is hashed from the same bytes.
+pub fn train_keeping_states(
+    spec: &JobSpec,
+    dataset: &Dataset,
+    seed: u64,
+    on_progress: &mut dyn FnMut(&Progress),
+    on_state: &mut dyn FnMut(u32, &[u8]),
+) -> Result<TrainOutcome, TrainError> {
+    run(spec, dataset, seed, on_progress, Some(on_state))
+}
+
+/// Takes the bytes of state S_index as a run reaches it.
+type OnState<'a> = dyn FnMut(u32, &[u8]) + 'a;
+
+fn run(
+    spec: &JobSpec,
+    dataset: &Dataset,
+    seed: u64,
+    on_progress: &mut dyn FnMut(&Progress),
+    mut on_state: Option<&mut OnState<'_>>,
+) -> Result<TrainOutcome, TrainError> {
+    let mut session = Session::new(spec, dataset, seed)?;
+    // Without a taker for the bytes, the digest streams them into the hash.
+    let mut leaf =
+        |session: &Session, index: u32, loss: F32Bits| -> Result<SegmentLeaf, TrainError> {
+            let state = match on_state.as_mut() {
+                Some(keep) => {
+                    let bytes = session.state_bytes()?;
+                    keep(index, &bytes);
+                    Digest(protocol::sha256(&bytes))
                 }
-                Loss::Mse => {
-                    targets_batch.clear();
-                    targets_batch.extend(
-                        rows.iter()
-                            .map(|&r| train_part.targets.get(r).copied().unwrap_or(0.0)),
-                    );
-                    workspace.gradients(
-                        &mlp,
-                        &x_batch,
-                        rows.len(),
-                        BatchTargets::Values(&targets_batch),
-                        penalty,
-                    )?
-                }
+                None => session.state_digest()?,
             };
-            step += 1;
-            if !loss.is_finite() {
-                return Err(TrainError::Diverged { step, loss });
-            }
-            optimizer.step_slices(&params, &workspace.named_grads(&mlp))?;
-            epoch_losses.push(loss);
-            if spec.checkpoint_interval > 0
-                && step.is_multiple_of(u64::from(spec.checkpoint_interval))
-            {
-                checkpoints.push(checkpoint_digest(step, &mlp, &optimizer)?);
-            }
-            let last = epoch_losses.len() as u64 == batches_per_epoch;
-            if last {
-                train_loss =
-                    crate::kernels::sum(epoch_losses.iter().copied()) / epoch_losses.len() as f32;
-            }
-            on_progress(&Progress {
-                epoch,
-                epochs: spec.epochs,
-                step,
-                total_steps,
-                batch_loss: loss,
-                epoch_loss: last.then_some(train_loss),
-            });
-        }
+            Ok(SegmentLeaf { state, loss })
+        };
+    let mut leaves = Vec::with_capacity(spec.segments as usize + 1);
+    leaves.push(leaf(&session, 0, F32Bits::from_f32(0.0))?);
+    for index in 1..=spec.segments {
+        let loss = session.advance(index, on_progress)?;
+        leaves.push(leaf(&session, index, loss)?);
     }
-    let model = TrainedModel {
-        task: spec.task,
-        mlp,
-        scaling,
-    };
-    let metric = evaluate(&model, &test)?;
-    let validation = evaluate(&model, &validation)?;
+    let steps = session.step();
+    let finished = session.finish()?;
     let result = JobResult {
-        weights: model.digest()?,
-        checkpoints: combine_checkpoints(&checkpoints),
-        train_loss: F32Bits::from_f32(train_loss),
-        metric,
+        weights: finished.outcome.weights,
+        segments_root: segments_root(&leaves),
+        train_loss: finished.outcome.train_loss,
+        metric: finished.outcome.metric,
     };
     Ok(TrainOutcome {
-        params: model.mlp.parameter_count() as u64,
-        model,
+        params: finished.model.mlp.parameter_count() as u64,
+        model: finished.model,
         result,
-        checkpoints,
-        validation,
-        steps: step,
+        leaves,
+        validation: finished.validation,
+        steps,
     })
-}
-
-/// SHA-256 over a domain tag, the step, every parameter (digest encoding,
-/// sorted by name) and the optimizer state.
-fn checkpoint_digest(
-    step: u64,
-    mlp: &Mlp,
-    optimizer: &OptimizerState,
-) -> Result<Digest, TrainError> {
-    let mut hasher = Sha256::new();
-    hasher.update(b"gradchain/checkpoint/v1");
-    hasher.update(step.to_le_bytes());
-    for (name, var) in mlp.named_params() {
-        hash_tensor(&mut hasher, &name, var.as_tensor())?;
-    }
-    optimizer.hash_into(&mut hasher);
-    Ok(Digest(hasher.finalize().into()))
-}
-
-/// The `checkpoints` digest of a result: SHA-256 over a domain tag, the
-/// count (u64 LE) and each checkpoint digest in order.
-pub fn combine_checkpoints(checkpoints: &[Digest]) -> Digest {
-    let mut hasher = Sha256::new();
-    hasher.update(b"gradchain/checkpoints/v1");
-    hasher.update((checkpoints.len() as u64).to_le_bytes());
-    for c in checkpoints {
-        hasher.update(c.as_bytes());
-    }
-    Digest(hasher.finalize().into())
 }
 
 /// Accuracy counts or the mean squared error (on the target's scale, summed
 /// in row order in f64) of `model` on `part`.
-fn evaluate(model: &TrainedModel, part: &Part) -> Result<TestMetric, TrainError> {
+pub(crate) fn evaluate(model: &TrainedModel, part: &Part) -> Result<TestMetric, TrainError> {
     let outputs = model.outputs(&part.x)?;
     let total = u32::try_from(part.rows).unwrap_or(u32::MAX);
     match model.task {
@@ -411,7 +349,7 @@ mod tests {
             hidden: vec![4],
             epochs: 3,
             batch: 8,
-            checkpoint_interval: 2,
+            segments: 5,
             ..TrainSettings::default()
         }
     }
@@ -458,38 +396,64 @@ mod tests {
         ));
         let mut spec = good.clone();
         spec.batch_size = u32::MAX;
-        assert!(run(&spec).is_ok(), "one batch of every row");
+        spec.segments = 3;
+        assert!(
+            run(&spec).is_ok(),
+            "one batch of every row, one step an epoch"
+        );
         let mut spec = good;
         spec.split.test_permille = 0;
         assert!(matches!(run(&spec), Err(TrainError::Prep(_))));
     }
 
     #[test]
-    fn progress_steps_and_checkpoints_follow_the_spec() {
+    fn progress_steps_and_leaves_follow_the_spec() {
         let ds = tiny();
         let spec = settings().job_spec(&ds).unwrap();
         let mut seen = Vec::new();
         let outcome = train(&spec, &ds, 1, &mut |p| seen.push(*p)).unwrap();
         // 40 rows: 8 test, 4 validation, 28 train in batches of 8 -> 4 steps
-        // an epoch, 12 in all, a checkpoint every 2.
+        // an epoch, 12 in all, in 5 segments.
         assert_eq!(outcome.steps, 12);
+        assert_eq!(spec.total_steps(), Some(12));
         assert_eq!(seen.len(), 12);
         assert!(seen.iter().all(|p| p.total_steps == 12));
+        assert_eq!(
+            seen.iter().map(|p| p.step).collect::<Vec<_>>(),
+            (1..=12).collect::<Vec<_>>()
+        );
         let epoch_ends: Vec<u32> = seen
             .iter()
             .filter(|p| p.epoch_loss.is_some())
             .map(|p| p.epoch)
             .collect();
         assert_eq!(epoch_ends, vec![1, 2, 3]);
-        assert_eq!(outcome.checkpoints.len(), 6);
-        assert_eq!(
-            outcome.result.checkpoints,
-            combine_checkpoints(&outcome.checkpoints)
-        );
+        assert_eq!(outcome.leaves.len(), 6);
+        assert_eq!(outcome.leaves[0].loss, F32Bits::from_f32(0.0));
+        assert_eq!(outcome.result.segments_root, segments_root(&outcome.leaves));
+        // Each leaf's loss is the mean of its segment's batch losses.
+        let mut start = 0;
+        for (j, leaf) in outcome.leaves.iter().enumerate().skip(1) {
+            let range =
+                protocol::segments::segment_steps(12, 5, u32::try_from(j).unwrap()).unwrap();
+            assert_eq!(range.start, start);
+            start = range.end;
+            let losses: Vec<f32> = seen[range.start as usize..range.end as usize]
+                .iter()
+                .map(|p| p.batch_loss)
+                .collect();
+            let mean = crate::kernels::sum(losses.iter().copied()) / losses.len() as f32;
+            assert_eq!(leaf.loss, F32Bits::from_f32(mean), "segment {j}");
+        }
+        assert_eq!(start, 12);
+        let mut states: Vec<Digest> = outcome.leaves.iter().map(|l| l.state).collect();
+        states.dedup();
+        assert_eq!(states.len(), 6, "every state differs from the one before");
         assert_eq!(
             seen.last().and_then(|p| p.epoch_loss),
             Some(outcome.result.train_loss.to_f32())
         );
+        assert_eq!(outcome.segment_losses().len(), 5);
         assert!(matches!(
             outcome.validation,
             TestMetric::Accuracy { total: 4, .. }
@@ -498,5 +462,44 @@ mod tests {
             outcome.result.metric,
             TestMetric::Accuracy { total: 8, .. }
         ));
+    }
+
+    #[test]
+    fn kept_states_hash_to_the_leaves_and_change_nothing() {
+        let ds = tiny();
+        let spec = settings().job_spec(&ds).unwrap();
+        let plain = train(&spec, &ds, 4, &mut |_| {}).unwrap();
+        let mut kept: Vec<(u32, Vec<u8>)> = Vec::new();
+        let keeping = train_keeping_states(&spec, &ds, 4, &mut |_| {}, &mut |i, bytes| {
+            kept.push((i, bytes.to_vec()))
+        })
+        .unwrap();
+        assert_eq!(plain.result, keeping.result);
+        assert_eq!(plain.leaves, keeping.leaves);
+        assert_eq!(
+            kept.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..=5).collect::<Vec<_>>()
+        );
+        for ((_, bytes), leaf) in kept.iter().zip(&plain.leaves) {
+            assert_eq!(Digest(protocol::sha256(bytes)), leaf.state);
+        }
+    }
+
+    #[test]
+    fn more_segments_than_steps_is_a_spec_error() {
+        let ds = tiny();
+        let mut spec = settings().job_spec(&ds).unwrap();
+        spec.segments = 12;
+        assert!(train(&spec, &ds, 1, &mut |_| {}).is_ok());
+        for segments in [13, 0] {
+            spec.segments = segments;
+            assert!(matches!(
+                train(&spec, &ds, 1, &mut |_| {}),
+                Err(TrainError::Spec {
+                    what: "segments",
+                    ..
+                })
+            ));
+        }
     }
 }

@@ -21,6 +21,14 @@ pub fn model_from_safetensors(bytes: &[u8]) -> Result<TrainedModel, ModelError> 
     TrainedModel::from_tensors(&map)
 }
 
+/// The safetensors file of `model`, built in memory: a worker uploads it
+/// without writing it anywhere first.
+pub fn safetensors_bytes(model: &TrainedModel) -> Result<Vec<u8>, ModelError> {
+    let tensors = model.tensors()?;
+    safetensors::tensor::serialize(tensors.iter(), None)
+        .map_err(|e| ModelError::from(candle_core::Error::Msg(e.to_string())))
+}
+
 /// The tensor digest of the weights in a safetensors file: what a job
 /// result's `weights` field must equal for these bytes to be its weights.
 pub fn tensor_digest_of_file(bytes: &[u8]) -> Result<Digest, ModelError> {

@@ -19,6 +19,8 @@ fn json_has_the_contract_keys_and_out_writes_the_same_weights() {
             "2",
             "--hidden",
             "8",
+            "--segments",
+            "8",
             "--out",
             weights.to_str().unwrap(),
         ],
@@ -26,6 +28,8 @@ fn json_has_the_contract_keys_and_out_writes_the_same_weights() {
     );
     for key in [
         "digest",
+        "segments_root",
+        "segments",
         "train_loss",
         "test_accuracy",
         "params",
@@ -36,6 +40,11 @@ fn json_has_the_contract_keys_and_out_writes_the_same_weights() {
     }
     assert_eq!(out["params"], 4 * 8 + 8 + 8 * 3 + 3);
     assert_eq!(out["steps"], 2 * 4);
+    assert_eq!(out["segments_root"].as_str().unwrap().len(), 64);
+    // The loss curve: one mean loss per segment, each finite and positive.
+    let curve = out["segments"].as_array().unwrap();
+    assert_eq!(curve.len(), 8);
+    assert!(curve.iter().all(|l| l.as_f64().unwrap() > 0.0));
     let model = trainer::TrainedModel::load(&weights).unwrap();
     assert_eq!(
         model.digest().unwrap().to_hex(),
@@ -45,7 +54,12 @@ fn json_has_the_contract_keys_and_out_writes_the_same_weights() {
     assert_eq!(predictions.len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 
-    let reg = train_json("diabetes.csv", "regression", &["--epochs", "1"], &[]);
+    let reg = train_json(
+        "diabetes.csv",
+        "regression",
+        &["--epochs", "1", "--segments", "10"],
+        &[],
+    );
     assert!(reg["test_mse"].as_f64().unwrap() > 0.0);
     assert!(reg.get("test_accuracy").is_none());
 }
@@ -142,6 +156,21 @@ fn bad_flags_and_files_give_one_error_line() {
         "/nonexistent/x.csv",
     );
     assert_one_line_error(&["train", "--task", "regression"], "--data");
+    // Iris with 2 epochs has 8 steps: 9 segments cannot each have one.
+    assert_one_line_error(
+        &[
+            "train",
+            "--data",
+            iris,
+            "--task",
+            "classification",
+            "--epochs",
+            "2",
+            "--segments",
+            "9",
+        ],
+        "segments",
+    );
 
     let dir = std::env::temp_dir().join(format!("gradchain-cli-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -1,17 +1,18 @@
-//! Reproducibility and verification: the same job gives the same digest
-//! whatever the thread count; a different seed or worker gives another; a
-//! replay accepts an honest claim and rejects any altered field.
+//! Reproducibility: the same job gives the same digest and segment leaves
+//! whatever the thread count or entry point; a different seed or worker
+//! gives another; a segment-by-segment replay through the verifier gives the
+//! worker's bits.
 
 mod common;
 
 use common::{dataset_path, train_json};
 use protocol::job::worker_seed;
-use protocol::{
-    Address, Digest, F32Bits, JobId, JobResult, TestMetric, TrainingVerifier, VerifyError,
-};
+use std::collections::HashMap;
+
+use protocol::{Address, Digest, FinalOutcome, JobId, Judged, SegmentVerifier, TestMetric};
 use trainer::{Dataset, DatasetLimits, ReplayVerifier, TaskKind, TrainSettings};
 
-/// A small, fast job on iris with a penalty and checkpoints, so that every
+/// A small, fast job on iris with a penalty and segments, so that every
 /// part of the engine is exercised.
 fn small_settings() -> TrainSettings {
     TrainSettings {
@@ -20,7 +21,7 @@ fn small_settings() -> TrainSettings {
         batch: 16,
         l1: 1e-4,
         l2: 1e-3,
-        checkpoint_interval: 7,
+        segments: 7,
         seed: 3,
         ..TrainSettings::default()
     }
@@ -38,7 +39,16 @@ fn iris() -> Dataset {
 #[test]
 fn one_and_two_threads_give_the_same_digest() {
     let args = [
-        "--hidden", "16,8", "--epochs", "5", "--batch", "16", "--l2", "0.001",
+        "--hidden",
+        "16,8",
+        "--epochs",
+        "5",
+        "--batch",
+        "16",
+        "--l2",
+        "0.001",
+        "--segments",
+        "7",
     ];
     let one = train_json(
         "iris.csv",
@@ -54,7 +64,8 @@ fn one_and_two_threads_give_the_same_digest() {
     );
     assert_eq!(one["digest"], two["digest"]);
     assert_eq!(one["digest"].as_str().unwrap().len(), 64);
-    assert_eq!(one["checkpoints"], two["checkpoints"]);
+    assert_eq!(one["segments_root"], two["segments_root"]);
+    assert_eq!(one["segments"], two["segments"]);
     assert_eq!(one["train_loss"], two["train_loss"]);
 }
 
@@ -74,7 +85,7 @@ fn cli_digest_equals_the_library_digest() {
             "0.0001",
             "--l2",
             "0.001",
-            "--checkpoint-interval",
+            "--segments",
             "7",
             "--seed",
             "3",
@@ -89,13 +100,20 @@ fn cli_digest_equals_the_library_digest() {
         outcome.result.weights.to_hex()
     );
     assert_eq!(
-        out["checkpoints"].as_str().unwrap(),
-        outcome.result.checkpoints.to_hex()
+        out["segments_root"].as_str().unwrap(),
+        outcome.result.segments_root.to_hex()
     );
-    // 105 training rows in batches of 16: 7 steps an epoch, 35 in all, a
-    // checkpoint every 7.
+    let curve: Vec<f32> = out["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(curve, outcome.segment_losses());
+    // 105 training rows in batches of 16: 7 steps an epoch, 35 in all, in
+    // 7 segments of 5.
     assert_eq!(outcome.steps, 35);
-    assert_eq!(outcome.checkpoints.len(), 5);
+    assert_eq!(outcome.leaves.len(), 8);
 }
 
 #[test]
@@ -118,81 +136,7 @@ fn seed_and_worker_change_the_digest() {
 }
 
 #[test]
-fn verify_accepts_the_honest_claim_and_rejects_any_change() {
-    let ds = iris();
-    let spec = small_settings().job_spec(&ds).unwrap();
-    let job = JobId([7; 32]);
-    let worker = Address([9; 32]);
-    let seed = worker_seed(&job, &worker, spec.base_seed);
-    let honest = trainer::train(&spec, &ds, seed, &mut |_| {})
-        .unwrap()
-        .result;
-
-    let blob = ds.to_blob();
-    let digest = ds.digest();
-    let verifier = ReplayVerifier::new(
-        move |d: &Digest| (*d == digest).then(|| blob.clone()),
-        DatasetLimits::default(),
-    );
-    verifier.verify(&job, &spec, &worker, &honest).unwrap();
-
-    // One flipped bit anywhere in the weights digest.
-    for (byte, bit) in [(0usize, 0u8), (17, 3), (31, 7)] {
-        let mut forged = honest;
-        forged.weights.0[byte] ^= 1 << bit;
-        assert_eq!(
-            verifier.verify(&job, &spec, &worker, &forged),
-            Err(VerifyError::WeightsMismatch {
-                expected: honest.weights,
-                got: forged.weights
-            })
-        );
-    }
-    let mut forged = honest;
-    forged.checkpoints.0[4] ^= 0x10;
-    assert!(matches!(
-        verifier.verify(&job, &spec, &worker, &forged),
-        Err(VerifyError::CheckpointsMismatch { .. })
-    ));
-
-    let mut forged = honest;
-    forged.metric = match honest.metric {
-        TestMetric::Accuracy { correct, total } => TestMetric::Accuracy {
-            correct: correct.saturating_sub(1),
-            total,
-        },
-        other => other,
-    };
-    assert_ne!(forged.metric, honest.metric);
-    assert!(matches!(
-        verifier.verify(&job, &spec, &worker, &forged),
-        Err(VerifyError::MetricMismatch { .. })
-    ));
-
-    let mut forged: JobResult = honest;
-    forged.train_loss = F32Bits(honest.train_loss.0 ^ 1);
-    assert!(matches!(
-        verifier.verify(&job, &spec, &worker, &forged),
-        Err(VerifyError::MetricMismatch { .. })
-    ));
-
-    // A copied result does not verify for another worker.
-    assert!(matches!(
-        verifier.verify(&job, &spec, &Address([8; 32]), &honest),
-        Err(VerifyError::WeightsMismatch { .. })
-    ));
-
-    // A dataset the verifier does not hold.
-    let mut other = spec.clone();
-    other.dataset.digest = Digest([0xAB; 32]);
-    assert_eq!(
-        verifier.verify(&job, &other, &worker, &honest),
-        Err(VerifyError::DatasetUnavailable(Digest([0xAB; 32])))
-    );
-}
-
-#[test]
-fn regression_with_sgd_replays_exactly() {
+fn regression_with_sgd_replays_exactly_segment_by_segment() {
     let ds = Dataset::from_csv_file(
         &dataset_path("diabetes.csv"),
         TaskKind::Regression,
@@ -205,21 +149,57 @@ fn regression_with_sgd_replays_exactly() {
         optimizer: trainer::OptimizerKind::Sgd,
         lr: Some(0.01),
         l1: 1e-3,
+        segments: 9,
         ..TrainSettings::default()
     };
     let spec = settings.job_spec(&ds).unwrap();
     let job = JobId([1; 32]);
     let worker = Address([2; 32]);
     let seed = worker_seed(&job, &worker, spec.base_seed);
-    let honest = trainer::train(&spec, &ds, seed, &mut |_| {})
-        .unwrap()
-        .result;
-    assert!(matches!(honest.metric, TestMetric::Mse(m) if m.is_finite()));
-    trainer::verify(&spec, &job, &worker, &ds, &honest).unwrap();
-    let mut forged = honest;
-    forged.metric = TestMetric::Mse(F32Bits::from_f32(1.0));
-    assert!(matches!(
-        trainer::verify(&spec, &job, &worker, &ds, &forged),
-        Err(VerifyError::MetricMismatch { .. })
-    ));
+    let mut blobs: HashMap<Digest, Vec<u8>> = HashMap::new();
+    blobs.insert(ds.digest(), ds.to_blob());
+    let honest = trainer::train_keeping_states(&spec, &ds, seed, &mut |_| {}, &mut |_, bytes| {
+        blobs.insert(Digest(protocol::sha256(bytes)), bytes.to_vec());
+    })
+    .unwrap();
+    assert!(matches!(honest.result.metric, TestMetric::Mse(m) if m.is_finite()));
+    // 310 training rows in batches of 32: 10 steps an epoch, 30 in all.
+    assert_eq!(honest.steps, 30);
+
+    let verifier = ReplayVerifier::new(
+        move |d: &Digest| blobs.get(d).cloned(),
+        DatasetLimits::default(),
+    );
+    assert_eq!(
+        verifier.initial_state(&job, &spec, &worker),
+        Ok(Judged::Computed(honest.leaves[0].state))
+    );
+    for j in 1..=spec.segments {
+        let prev = honest.leaves[j as usize - 1].state;
+        assert_eq!(
+            verifier.replay_segment(&job, &spec, &worker, j, &prev),
+            Ok(Judged::Computed(honest.leaves[j as usize])),
+            "segment {j}"
+        );
+    }
+    let last = honest.leaves[spec.segments as usize].state;
+    assert_eq!(
+        verifier.final_result(&job, &spec, &worker, &last),
+        Ok(Judged::Computed(FinalOutcome {
+            weights: honest.result.weights,
+            train_loss: honest.result.train_loss,
+            metric: honest.result.metric,
+        }))
+    );
+    // The same state replayed for another worker: S_0 differs, but from a
+    // given state the replay does not depend on who asks.
+    let other = Address([3; 32]);
+    assert_ne!(
+        verifier.initial_state(&job, &spec, &other),
+        Ok(Judged::Computed(honest.leaves[0].state))
+    );
+    assert_eq!(
+        verifier.replay_segment(&job, &spec, &other, 2, &honest.leaves[1].state),
+        Ok(Judged::Computed(honest.leaves[2]))
+    );
 }

@@ -2,10 +2,11 @@
 //! task and reports Accept/Ignore/Reject (penalising senders of invalid
 //! data), serves sync requests, and serves the peer RPC.
 //!
-//! Before a transaction or block reaches the chain task, its jobs' datasets
-//! are fetched from peers and its results replayed on a blocking-pool
-//! thread, so the chain task finds the verdicts cached and never stalls on
-//! a network fetch.
+//! Nothing a peer or client can send without paying makes this node train:
+//! results are admitted on cheap checks, and the replay a fraud proof asks
+//! for runs only when a block with proof of work carries it. The one
+//! download done here is a posted job's dataset, after the transaction's
+//! stateless checks (signature included) passed.
 //!
 //! Each message is handled in its own task so the swarm's event loop never
 //! waits on the chain. Nothing here holds chain state; it only asks the
@@ -22,7 +23,7 @@ use protocol::rpc::{
     MAX_BLOB_CHUNK_BYTES, MAX_PREDICT_ROWS,
 };
 use protocol::state::JobStatus;
-use protocol::{Block, ChainParams, F32Bits, JobId, SignedTx, TrainingVerifier, TxKind};
+use protocol::{Block, ChainParams, F32Bits, JobId, SignedTx, TxKind};
 use tokio::sync::mpsc;
 
 use super::network::{NetworkClient, Topic};
@@ -32,7 +33,6 @@ use crate::chain::{BlockOutcome, MAX_HEADERS};
 use crate::mempool::MempoolError;
 use crate::miner::MinerStats;
 use crate::service::{BlockSource, ChainHandle, ServiceError};
-use crate::verifier::CachingVerifier;
 
 /// Penalty for bytes that do not decode.
 const MALFORMED_PENALTY: u32 = 50;
@@ -56,16 +56,13 @@ pub struct Context {
     pub peer_id: PeerId,
     /// Wakes the sync driver when a peer is ahead of us.
     pub behind: mpsc::UnboundedSender<PeerId>,
-    /// Datasets and weights.
+    /// Datasets, weights and training states.
     pub blobs: BlobStore,
-    /// The chain's caching replay verifier, to warm before submitting; `None`
-    /// when the chain was given another verifier.
-    pub replay: Option<Arc<CachingVerifier>>,
 }
 
-/// One line for a result arriving, before it is replayed.
+/// One line for a result arriving.
 fn log_result_submitted(tx: &SignedTx, from: &str) {
-    if let TxKind::SubmitResult { job, result } = &tx.body.kind {
+    if let TxKind::SubmitResult { job, result, .. } = &tx.body.kind {
         tracing::info!(
             %job, worker = %tx.body.from, weights = %result.weights,
             metric = %result.metric, peer = from, "result submitted"
@@ -73,61 +70,38 @@ fn log_result_submitted(tx: &SignedTx, from: &str) {
     }
 }
 
-/// Makes sure the node can judge `tx`: a `PostJob`'s dataset is held
-/// (fetched from peers if needed), and a `SubmitResult` is replayed off the
-/// chain task so that its verdict is cached. Errors say why a `PostJob`
-/// cannot be admitted.
+/// Makes sure the node can judge `tx` before it reaches the mempool. Only a
+/// `PostJob` needs anything: its dataset, held or fetched from peers, so that
+/// this node relays only jobs that can be trained. The fetch is a download,
+/// so it runs after the transaction's stateless checks (size, fee, spec,
+/// signature) have passed; the sender pays nothing for a refusal, so a
+/// refusal must cost this node almost nothing. Results and fraud proofs
+/// need nothing here: the mempool admits them on cheap checks alone.
 pub async fn prepare_tx(ctx: &Context, tx: &SignedTx) -> Result<(), String> {
-    match &tx.body.kind {
-        TxKind::PostJob { spec, .. } => {
-            let digest = spec.dataset.digest;
-            blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(digest))
-                .await
-                .map(|_| ())
-                .map_err(|err| {
-                    format!("job refused: this node does not hold dataset {digest} and cannot fetch it: {err}")
-                })
-        }
-        TxKind::SubmitResult { job, result } => {
-            let Some(replay) = ctx.replay.clone() else {
-                return Ok(());
-            };
-            let Ok(Some(record)) = ctx.chain.job(*job).await else {
-                return Ok(());
-            };
-            if !record.is_open() {
-                return Ok(());
-            }
-            let digest = record.spec.dataset.digest;
-            if let Err(err) =
-                blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(digest)).await
-            {
-                tracing::warn!(%job, dataset = %digest, reason = %err, "cannot fetch a job's dataset for replay");
-                return Ok(());
-            }
-            let verdict = match replay.cached(job, &record.spec, &tx.body.from, result) {
-                Some(verdict) => verdict,
-                None => {
-                    let (job, worker, result) = (*job, tx.body.from, *result);
-                    tokio::task::spawn_blocking(move || {
-                        replay.verify(&job, &record.spec, &worker, &result)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(protocol::VerifyError::Replay(e.to_string())))
-                }
-            };
-            // Keep the weights of a verified result, so that predictions can
-            // be served here and peers can fetch them from us.
-            if verdict.is_ok() {
-                if let Err(err) =
-                    blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Weights(result.weights)).await
-                {
-                    tracing::debug!(%job, weights = %result.weights, reason = %err, "weights not fetched");
-                }
-            }
-            Ok(())
-        }
-        TxKind::Transfer { .. } => Ok(()),
+    let TxKind::PostJob { spec, .. } = &tx.body.kind else {
+        return Ok(());
+    };
+    protocol::validation::check_tx_stateless(tx, &ctx.params).map_err(|e| e.to_string())?;
+    let digest = spec.dataset.digest;
+    blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(digest))
+        .await
+        .map(|_| ())
+        .map_err(|err| {
+            format!(
+                "job refused: this node does not hold dataset {digest} and cannot fetch it: {err}"
+            )
+        })
+}
+
+/// Work that a transaction earns once the mempool admitted it: a fraud
+/// proof's data is fetched in the background (see
+/// [`crate::jobs::prefetch_proof_data`] for why that is bounded).
+fn after_admission(ctx: &Context, tx: SignedTx) {
+    if matches!(tx.body.kind, TxKind::FraudProof { .. }) {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            crate::jobs::prefetch_proof_data(&ctx.chain, &ctx.network, &ctx.blobs, &tx).await;
+        });
     }
 }
 
@@ -162,15 +136,8 @@ async fn on_gossip_block(ctx: &Context, source: PeerId, data: &[u8]) -> MessageA
             return MessageAcceptance::Reject;
         }
     };
-    // Only work that cost its sender a proof of work earns fetches and
-    // replays here; the chain task checks everything else.
-    if protocol::validation::check_proof_of_work(&block.sealed_header(), &ctx.params).is_ok() {
-        for tx in &block.txs {
-            if let protocol::Transaction::Signed(tx) = tx {
-                let _ = prepare_tx(ctx, tx).await;
-            }
-        }
-    }
+    // The chain checks proof of work first; data a block's fraud proofs
+    // need is fetched only once the block parks for it (crate::jobs).
     match ctx
         .chain
         .submit_block(block, BlockSource::Peer(source.to_string()))
@@ -214,8 +181,12 @@ async fn on_gossip_tx(ctx: &Context, source: PeerId, data: &[u8]) -> MessageAcce
         tracing::info!(peer = %source, %reason, "ignored tx");
         return MessageAcceptance::Ignore;
     }
+    let admitted = tx.clone();
     match ctx.chain.submit_tx(tx).await {
-        Ok(Ok(_)) => MessageAcceptance::Accept,
+        Ok(Ok(_)) => {
+            after_admission(ctx, admitted);
+            MessageAcceptance::Accept
+        }
         Ok(Err(MempoolError::AlreadyKnown(_))) => MessageAcceptance::Ignore,
         Ok(Err(err)) if err.is_malicious() => {
             tracing::warn!(peer = %source, reason = %err, "rejected tx");
@@ -338,9 +309,11 @@ async fn answer_rpc(ctx: &Context, request: RpcRequest) -> RpcResponse {
                 return rpc_error(RpcErrorCode::TxRejected, reason);
             }
             let encoded = codec::encode(&tx);
+            let admitted = tx.clone();
             match ctx.chain.submit_tx(tx).await {
                 Ok(Ok(id)) => {
                     tracing::info!(tx = %id, "transaction accepted from rpc");
+                    after_admission(ctx, admitted);
                     if let Ok(bytes) = encoded {
                         ctx.network.publish(Topic::Txs, bytes);
                     }
@@ -406,11 +379,15 @@ async fn predict(ctx: &Context, job: JobId, rows: Vec<Vec<F32Bits>>) -> RpcRespo
         Ok(None) => return rpc_error(RpcErrorCode::NotFound, format!("no job {job}")),
         Err(err) => return rpc_error(RpcErrorCode::Internal, err.to_string()),
     };
-    let JobStatus::Fulfilled { result, .. } = record.status else {
-        return rpc_error(
-            RpcErrorCode::InvalidArgument,
-            format!("job {job} is {:?}, expected fulfilled", record.status),
-        );
+    // A pending result predicts too: its weights are what the worker bonded.
+    let result = match record.status {
+        JobStatus::Fulfilled { result, .. } | JobStatus::Pending { result, .. } => result,
+        other => {
+            return rpc_error(
+                RpcErrorCode::InvalidArgument,
+                format!("job {job} is {other:?}, expected pending or fulfilled"),
+            )
+        }
     };
     let features = usize::try_from(record.spec.dataset.features).unwrap_or(usize::MAX);
     if let Some((index, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != features) {

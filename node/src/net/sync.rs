@@ -54,7 +54,6 @@ pub struct SyncDriver {
     network: NetworkClient,
     params: ChainParams,
     peers: VecDeque<PeerId>,
-    blobs: Option<crate::blobs::BlobStore>,
 }
 
 impl SyncDriver {
@@ -65,42 +64,6 @@ impl SyncDriver {
             network,
             params,
             peers: VecDeque::new(),
-            blobs: None,
-        }
-    }
-
-    /// Fetches the datasets of a block's jobs into `blobs` before the block
-    /// goes to the chain task, so that its results can be replayed.
-    pub fn with_blobs(mut self, blobs: crate::blobs::BlobStore) -> Self {
-        self.blobs = Some(blobs);
-        self
-    }
-
-    async fn fetch_datasets(&self, block: &Block) {
-        let Some(blobs) = &self.blobs else {
-            return;
-        };
-        for tx in &block.txs {
-            let protocol::Transaction::Signed(tx) = tx else {
-                continue;
-            };
-            let digest = match &tx.body.kind {
-                protocol::TxKind::PostJob { spec, .. } => Some(spec.dataset.digest),
-                protocol::TxKind::SubmitResult { job, .. } => self
-                    .chain
-                    .job(*job)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|record| record.spec.dataset.digest),
-                protocol::TxKind::Transfer { .. } => None,
-            };
-            if let Some(digest) = digest {
-                let name = protocol::rpc::BlobName::Content(digest);
-                if let Err(err) = crate::blobs::fetch(blobs, &self.network, name).await {
-                    tracing::warn!(dataset = %digest, reason = %err, "cannot fetch a block's dataset");
-                }
-            }
         }
     }
 
@@ -273,7 +236,6 @@ impl SyncDriver {
     }
 
     async fn connect(&self, peer: PeerId, block: Block) -> Result<usize, SyncError> {
-        self.fetch_datasets(&block).await;
         match self
             .chain
             .submit_block(block, BlockSource::Peer(peer.to_string()))

@@ -1,11 +1,19 @@
 //! Shared fixtures for the protocol tests: keys, a deterministic fake
-//! training verifier, and a chain builder that mines real regtest blocks
-//! through the public validation functions.
+//! training engine behind the real [`SegmentVerifier`] interface, and a
+//! chain builder that mines real regtest blocks through the public
+//! validation functions.
+//!
+//! The fake engine's "state" is a digest: `S_0 = H(s0 ‖ seed)`,
+//! `S_j = H(seg ‖ j ‖ S_{j-1})`, each segment's loss `1/j`, and the final
+//! weights `H(w ‖ S_n)`. Like real training, any state continues
+//! deterministically, so every comparison a fraud proof needs is made by the
+//! consensus rules themselves, never here.
 #![allow(dead_code)]
 
 use ed25519_dalek::SigningKey;
 use protocol::job::{worker_seed, ENGINE_VERSION};
 use protocol::params::faucet_key;
+use protocol::segments::{merkle_path, segments_root};
 use protocol::state::BlockUndo;
 use protocol::validation::{
     self, apply_block, check_header, expected_bits, median_time_past, template_state_root,
@@ -13,8 +21,9 @@ use protocol::validation::{
 };
 use protocol::{
     Acceptance, Activation, Address, Amount, Block, ChainParams, Coinbase, DatasetRef, Digest,
-    F32Bits, Header, Height, JobId, JobResult, JobSpec, Loss, ModelSpec, Optimizer, SignedTx,
-    Split, State, Task, TestMetric, TrainingVerifier, Transaction, TxBody, TxKind, VerifyError,
+    F32Bits, FinalOutcome, FraudClaim, Header, Height, JobId, JobResult, JobSpec, Judged, Loss,
+    ModelSpec, OpenedLeaf, Optimizer, SegmentLeaf, SegmentVerifier, SignedTx, Split, State, Task,
+    TestMetric, Transaction, TxBody, TxKind, VerifyError,
 };
 
 pub fn key(n: u8) -> SigningKey {
@@ -57,20 +66,35 @@ pub fn spec() -> JobSpec {
         batch_size: 16,
         epochs: 20,
         base_seed: 42,
-        checkpoint_interval: 10,
+        segments: 8,
         engine_version: ENGINE_VERSION,
         acceptance: Acceptance::MinAccuracy { ppm: 900_000 },
+        bond: Amount(ChainParams::regtest().job_limits.min_bond.0 * 3),
+        challenge_window: 4,
     }
 }
 
-/// The result an honest worker gets, as far as [`FakeVerifier`] is
-/// concerned: a function of the worker seed, 29 of 30 test rows right.
-pub fn honest_result(job: &JobId, worker: &Address, spec: &JobSpec) -> JobResult {
-    let seed = worker_seed(job, worker, spec.base_seed);
+fn fake_initial(seed: u64) -> Digest {
+    Digest(protocol::sha256(
+        &[b"s0".as_slice(), &seed.to_le_bytes()].concat(),
+    ))
+}
+
+fn fake_segment(index: u32, prev: &Digest) -> SegmentLeaf {
+    SegmentLeaf {
+        state: Digest(protocol::sha256(
+            &[b"seg".as_slice(), &index.to_le_bytes(), prev.as_bytes()].concat(),
+        )),
+        loss: F32Bits::from_f32(1.0 / index as f32),
+    }
+}
+
+fn fake_final(spec: &JobSpec, last: &Digest) -> FinalOutcome {
     let test = spec.split.sizes(spec.dataset.rows).unwrap().test;
-    JobResult {
-        weights: Digest(protocol::sha256(&seed.to_le_bytes())),
-        checkpoints: Digest(protocol::sha256(&seed.wrapping_add(1).to_le_bytes())),
+    FinalOutcome {
+        weights: Digest(protocol::sha256(
+            &[b"w".as_slice(), last.as_bytes()].concat(),
+        )),
         train_loss: F32Bits::from_f32(0.25),
         metric: TestMetric::Accuracy {
             correct: test - 1,
@@ -79,33 +103,118 @@ pub fn honest_result(job: &JobId, worker: &Address, spec: &JobSpec) -> JobResult
     }
 }
 
-/// Replays by recomputing [`honest_result`] and comparing.
-pub struct FakeVerifier;
+/// The leaves `0..=segments` an honest worker commits to.
+pub fn honest_leaves(job: &JobId, worker: &Address, spec: &JobSpec) -> Vec<SegmentLeaf> {
+    let seed = worker_seed(job, worker, spec.base_seed);
+    let mut leaves = vec![SegmentLeaf {
+        state: fake_initial(seed),
+        loss: F32Bits::from_f32(0.0),
+    }];
+    for index in 1..=spec.segments {
+        let prev = leaves.last().unwrap().state;
+        leaves.push(fake_segment(index, &prev));
+    }
+    leaves
+}
 
-impl TrainingVerifier for FakeVerifier {
-    fn verify(
+/// The result an honest worker gets: its leaves' root and what follows from
+/// the last state, 29 of 30 test rows right.
+pub fn honest_result(job: &JobId, worker: &Address, spec: &JobSpec) -> JobResult {
+    result_for(spec, &honest_leaves(job, worker, spec))
+}
+
+/// The result that follows from `leaves`, honest or not.
+pub fn result_for(spec: &JobSpec, leaves: &[SegmentLeaf]) -> JobResult {
+    let last = fake_final(spec, &leaves.last().unwrap().state);
+    JobResult {
+        weights: last.weights,
+        segments_root: segments_root(leaves),
+        train_loss: last.train_loss,
+        metric: last.metric,
+    }
+}
+
+/// Leaves of a lazy worker: honest up to segment `from`, made up after it.
+pub fn lazy_leaves(job: &JobId, worker: &Address, spec: &JobSpec, from: u32) -> Vec<SegmentLeaf> {
+    let mut leaves = honest_leaves(job, worker, spec);
+    for (index, leaf) in leaves.iter_mut().enumerate().skip(from as usize + 1) {
+        leaf.state = Digest([index as u8; 32]);
+    }
+    leaves
+}
+
+/// Leaf `index` of `leaves` with its path.
+pub fn opened(leaves: &[SegmentLeaf], index: u32) -> OpenedLeaf {
+    OpenedLeaf {
+        leaf: leaves[index as usize],
+        path: merkle_path(leaves, index).unwrap(),
+    }
+}
+
+/// The claim that segment `index` of `leaves` does not follow.
+pub fn segment_claim(leaves: &[SegmentLeaf], index: u32) -> FraudClaim {
+    FraudClaim::Segment {
+        index,
+        prev: opened(leaves, index - 1),
+        leaf: opened(leaves, index),
+    }
+}
+
+/// Replays with the fake engine, counting replays. `missing` makes every
+/// question about that state digest answer "not held here".
+#[derive(Default)]
+pub struct FakeVerifier {
+    pub missing: Option<Digest>,
+    pub replays: std::cell::Cell<u32>,
+}
+
+impl FakeVerifier {
+    fn held(&self, digest: &Digest) -> Result<(), VerifyError> {
+        self.replays.set(self.replays.get() + 1);
+        match self.missing {
+            Some(missing) if missing == *digest => Err(VerifyError::DataUnavailable(missing)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl SegmentVerifier for FakeVerifier {
+    fn initial_state(
         &self,
         job: &JobId,
         spec: &JobSpec,
         worker: &Address,
-        claimed: &JobResult,
-    ) -> Result<(), VerifyError> {
-        let expected = honest_result(job, worker, spec);
-        if expected.weights != claimed.weights {
-            return Err(VerifyError::WeightsMismatch {
-                expected: expected.weights,
-                got: claimed.weights,
-            });
-        }
-        if expected.metric != claimed.metric || expected.train_loss != claimed.train_loss {
-            return Err(VerifyError::MetricMismatch {
-                expected: expected.metric,
-                got: claimed.metric,
-                expected_loss: expected.train_loss,
-                got_loss: claimed.train_loss,
-            });
-        }
-        Ok(())
+    ) -> Result<Judged<Digest>, VerifyError> {
+        self.held(&spec.dataset.digest)?;
+        Ok(Judged::Computed(fake_initial(worker_seed(
+            job,
+            worker,
+            spec.base_seed,
+        ))))
+    }
+
+    fn replay_segment(
+        &self,
+        _: &JobId,
+        spec: &JobSpec,
+        _: &Address,
+        index: u32,
+        prev_state: &Digest,
+    ) -> Result<Judged<SegmentLeaf>, VerifyError> {
+        self.held(prev_state)?;
+        self.held(&spec.dataset.digest)?;
+        Ok(Judged::Computed(fake_segment(index, prev_state)))
+    }
+
+    fn final_result(
+        &self,
+        _: &JobId,
+        spec: &JobSpec,
+        _: &Address,
+        final_state: &Digest,
+    ) -> Result<Judged<FinalOutcome>, VerifyError> {
+        self.held(final_state)?;
+        Ok(Judged::Computed(fake_final(spec, final_state)))
     }
 }
 
@@ -124,12 +233,23 @@ pub fn transfer(from: &SigningKey, nonce: u64, to: Address, amount: u64, fee: u6
 }
 
 pub fn post_job(from: &SigningKey, nonce: u64, bounty: u64, expires_at: u64) -> SignedTx {
+    post_job_with(from, nonce, spec(), bounty, expires_at)
+}
+
+/// A `PostJob` for `spec`, which need not be valid.
+pub fn post_job_with(
+    from: &SigningKey,
+    nonce: u64,
+    spec: JobSpec,
+    bounty: u64,
+    expires_at: u64,
+) -> SignedTx {
     TxBody {
         from: Address::ZERO,
         nonce,
         fee: Amount(10),
         kind: TxKind::PostJob {
-            spec: spec(),
+            spec,
             bounty: Amount(bounty),
             expires_at: Height(expires_at),
         },
@@ -138,15 +258,60 @@ pub fn post_job(from: &SigningKey, nonce: u64, bounty: u64, expires_at: u64) -> 
     .unwrap()
 }
 
-pub fn submit(from: &SigningKey, nonce: u64, job: JobId, result: JobResult) -> SignedTx {
+/// An honest worker's `SubmitResult`.
+pub fn submit(from: &SigningKey, nonce: u64, job: JobId) -> SignedTx {
+    let leaves = honest_leaves(&job, &addr(from), &spec());
+    submit_leaves(from, nonce, job, result_for(&spec(), &leaves), leaves)
+}
+
+/// A `SubmitResult` with the given result and leaves.
+pub fn submit_leaves(
+    from: &SigningKey,
+    nonce: u64,
+    job: JobId,
+    result: JobResult,
+    leaves: Vec<SegmentLeaf>,
+) -> SignedTx {
     TxBody {
         from: Address::ZERO,
         nonce,
         fee: Amount(5),
-        kind: TxKind::SubmitResult { job, result },
+        kind: TxKind::SubmitResult {
+            job,
+            result,
+            leaves,
+        },
     }
     .sign(from, ChainParams::regtest().chain_id)
     .unwrap()
+}
+
+/// A fraud proof against `job`.
+pub fn fraud_proof(from: &SigningKey, nonce: u64, job: JobId, claim: FraudClaim) -> SignedTx {
+    TxBody {
+        from: Address::ZERO,
+        nonce,
+        fee: Amount(5),
+        kind: TxKind::FraudProof { job, claim },
+    }
+    .sign(from, ChainParams::regtest().chain_id)
+    .unwrap()
+}
+
+/// Coins created on `chain` so far: the premine plus what each coinbase
+/// paid beyond the fees it collected. Escrow and burning move coins, never
+/// make or destroy them, so [`State::total_supply`] must equal this.
+pub fn minted(chain: &TestChain) -> u64 {
+    let mut total = chain.params.faucet_premine.0;
+    for block in chain.blocks.iter().skip(1) {
+        for tx in &block.txs {
+            match tx {
+                Transaction::Coinbase(cb) => total += cb.amount.0,
+                Transaction::Signed(signed) => total -= signed.body.fee.0,
+            }
+        }
+    }
+    total
 }
 
 /// A regtest chain kept in memory, mined and validated through the public
@@ -157,6 +322,7 @@ pub struct TestChain {
     pub blocks: Vec<Block>,
     pub undos: Vec<BlockUndo>,
     pub miner: Address,
+    pub verifier: FakeVerifier,
 }
 
 impl TestChain {
@@ -171,6 +337,7 @@ impl TestChain {
             blocks: vec![genesis],
             undos: Vec::new(),
             miner: addr(&key(200)),
+            verifier: FakeVerifier::default(),
             params,
         }
     }
@@ -212,7 +379,7 @@ impl TestChain {
         let mut all = vec![coinbase];
         all.extend(txs.into_iter().map(Transaction::Signed));
         let state_root =
-            template_state_root(&mut self.state, &all, height, &self.params, &FakeVerifier)?;
+            template_state_root(&mut self.state, &all, height, &self.params, &self.verifier)?;
         let ids: Vec<_> = all.iter().map(|tx| tx.id().unwrap()).collect();
         let header = Header {
             version: self.params.block_version,
@@ -243,7 +410,13 @@ impl TestChain {
         let now = block.header.time;
         check_header(&block.sealed_header(), &self.context(now), &self.params)?;
         let height = self.height().next().unwrap();
-        let undo = apply_block(&mut self.state, &block, height, &self.params, &FakeVerifier)?;
+        let undo = apply_block(
+            &mut self.state,
+            &block,
+            height,
+            &self.params,
+            &self.verifier,
+        )?;
         self.blocks.push(block);
         self.undos.push(undo);
         Ok(())

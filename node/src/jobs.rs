@@ -1,0 +1,423 @@
+//! Job work off the chain task: fetching the data parked blocks wait for,
+//! and auditing pending results.
+//!
+//! - **Parked blocks.** A block whose fraud proof needs a state or dataset
+//!   this node does not hold is parked by the chain (never marked invalid).
+//!   [`run_data_fetcher`] asks the chain what is missing, fetches it from
+//!   peers and has the chain judge the parked blocks again. The block
+//!   reached this point only after its proof of work, header, structure and
+//!   every cheap transaction check passed, so a download is only ever spent
+//!   on a block that cost its miner real work.
+//! - **Audits.** [`run_auditor`] replays a random sample of the segments of
+//!   every pending result, chosen with local randomness the worker cannot
+//!   predict, fetching the states it needs from peers (when one is withheld
+//!   the replay starts from an earlier state, `S_0` at worst). A mismatch
+//!   becomes a fraud proof signed with the audit key. Audits run one at a
+//!   time on tokio's blocking pool, never on the chain thread or the async
+//!   executor, and never delay block relay.
+//!
+//! This module never decides validity: it only fetches, replays off
+//! consensus, and submits transactions that the chain then judges.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use protocol::rpc::{BlobKind, BlobName, BlockRef};
+use protocol::segments::merkle_path;
+use protocol::{
+    codec, Address, ChainParams, FraudClaim, JobId, JobRecord, JobStatus, OpenedLeaf, SegmentLeaf,
+    Transaction, TxBody, TxId, TxKind,
+};
+use tokio::sync::{watch, Semaphore};
+
+use crate::blobs::{self, BlobStore};
+use crate::net::network::{NetworkClient, Topic};
+use crate::service::ChainHandle;
+
+/// How often parked blocks are retried and pending results looked for,
+/// besides every new tip.
+pub const JOBS_POLL: Duration = Duration::from_secs(2);
+
+/// What the fetcher and the auditor need.
+#[derive(Clone, Debug)]
+pub struct JobsContext {
+    /// The chain task.
+    pub chain: ChainHandle,
+    /// The network, for fetching blobs and gossiping fraud proofs.
+    pub network: NetworkClient,
+    /// Datasets and states.
+    pub blobs: BlobStore,
+    /// The chain parameters.
+    pub params: Arc<ChainParams>,
+}
+
+/// Counters of the auditor, for logs, tests and metrics.
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    /// Results audited to the end.
+    pub audits: AtomicU64,
+    /// Segments replayed by audits (a withheld state costs more than one).
+    pub segments_replayed: AtomicU64,
+    /// Fraud proofs this node submitted.
+    pub fraud_proofs: AtomicU64,
+}
+
+/// How this node audits.
+#[derive(Clone)]
+pub struct AuditConfig {
+    /// Share of each result's segments replayed, in (0, 1].
+    pub fraction: f64,
+    /// The key that signs and bonds fraud proofs; `None` audits without
+    /// challenging (a mismatch is only logged).
+    pub key: Option<Arc<SigningKey>>,
+}
+
+impl std::fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditConfig")
+            .field("fraction", &self.fraction)
+            .field("challenger", &self.key.as_ref().map(|k| address_of(k)))
+            .finish()
+    }
+}
+
+fn address_of(key: &SigningKey) -> Address {
+    Address::from_verifying_key(&key.verifying_key())
+}
+
+/// Fetches what parked blocks miss and has the chain judge them again,
+/// until shutdown.
+pub async fn run_data_fetcher(ctx: JobsContext, mut shutdown: watch::Receiver<bool>) {
+    let mut poll = tokio::time::interval(JOBS_POLL);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = poll.tick() => {}
+        }
+        let Ok(parked) = ctx.chain.parked().await else {
+            break;
+        };
+        if parked.is_empty() {
+            continue;
+        }
+        for digest in parked.iter().filter_map(|(_, digest)| *digest) {
+            if let Err(err) =
+                blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(digest)).await
+            {
+                tracing::info!(blob = %digest, reason = %err, "data for a parked block not found yet");
+            }
+        }
+        if let Err(err) = ctx.chain.retry_parked().await {
+            tracing::debug!(reason = %err, "retrying parked blocks failed");
+        }
+    }
+}
+
+/// Fetches what judging the fraud proof `tx` will need (the job's dataset
+/// and the state the proof opens), so that a block template can include it
+/// and a block carrying it need not park. Called only after the proof passed
+/// mempool admission: its signature, its sender's bond, and the Merkle paths
+/// that tie the opened state to a pending result. So the states fetched are
+/// always ones a worker committed to, each fetched once however many proofs
+/// name it.
+pub async fn prefetch_proof_data(
+    chain: &ChainHandle,
+    network: &NetworkClient,
+    store: &BlobStore,
+    tx: &protocol::SignedTx,
+) {
+    let TxKind::FraudProof { job, claim } = &tx.body.kind else {
+        return;
+    };
+    let Ok(Some(record)) = chain.job(*job).await else {
+        return;
+    };
+    let mut wanted = vec![record.spec.dataset.digest];
+    match claim {
+        FraudClaim::Segment { index, prev, .. } if *index > 1 => wanted.push(prev.leaf.state),
+        FraudClaim::Final { last } => wanted.push(last.leaf.state),
+        _ => {}
+    }
+    for digest in wanted {
+        if let Err(err) = blobs::fetch(store, network, BlobName::Content(digest)).await {
+            tracing::info!(%job, blob = %digest, reason = %err, "data for a fraud proof not found yet");
+        }
+    }
+}
+
+/// A pending result as the auditor sees it.
+#[derive(Clone, Debug)]
+struct Pending {
+    job: JobId,
+    record: JobRecord,
+    worker: Address,
+    tx: TxId,
+    height: protocol::Height,
+    result: protocol::JobResult,
+}
+
+fn pending_results(jobs: Vec<(JobId, JobRecord)>) -> Vec<Pending> {
+    jobs.into_iter()
+        .filter_map(|(job, record)| match record.status {
+            JobStatus::Pending {
+                worker,
+                tx,
+                height,
+                result,
+                ..
+            } => Some(Pending {
+                job,
+                worker,
+                tx,
+                height,
+                result,
+                record,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Audits every pending result once, until shutdown.
+pub async fn run_auditor(
+    ctx: JobsContext,
+    config: AuditConfig,
+    stats: Arc<AuditStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tips = ctx.chain.watch_tip();
+    let mut poll = tokio::time::interval(JOBS_POLL);
+    let mut started: HashSet<TxId> = HashSet::new();
+    // One audit at a time: the node's cores belong to mining and validation
+    // first; audits only need to finish within a challenge window.
+    let pool = Arc::new(Semaphore::new(1));
+    let (retry_tx, mut retry_rx) = tokio::sync::mpsc::unbounded_channel::<TxId>();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            changed = tips.changed() => if changed.is_err() { break },
+            _ = poll.tick() => {}
+        }
+        while let Ok(tx) = retry_rx.try_recv() {
+            started.remove(&tx);
+        }
+        let Ok(jobs) = ctx.chain.jobs(false).await else {
+            break;
+        };
+        for pending in pending_results(jobs) {
+            if !started.insert(pending.tx) {
+                continue;
+            }
+            let (ctx, config, stats, pool, retry) = (
+                ctx.clone(),
+                config.clone(),
+                stats.clone(),
+                pool.clone(),
+                retry_tx.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok(_permit) = pool.acquire_owned().await else {
+                    return;
+                };
+                let tx = pending.tx;
+                if let Err(reason) = audit_one(&ctx, &config, &stats, pending).await {
+                    tracing::info!(result = %tx, %reason, "audit postponed");
+                    let _ = retry.send(tx);
+                }
+            });
+        }
+    }
+}
+
+/// The leaves of the `SubmitResult` `tx` in the main-chain block at `height`.
+async fn leaves_of(
+    chain: &ChainHandle,
+    height: protocol::Height,
+    tx: TxId,
+) -> Result<Vec<SegmentLeaf>, String> {
+    let info = chain
+        .block(BlockRef::Height(height))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no main-chain block at height {height}"))?;
+    info.block
+        .txs
+        .iter()
+        .find_map(|t| match t {
+            Transaction::Signed(signed) if signed.id().ok() == Some(tx) => {
+                match &signed.body.kind {
+                    TxKind::SubmitResult { leaves, .. } => Some(leaves.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .ok_or_else(|| format!("result {tx} not found in block {height}"))
+}
+
+fn opened(leaves: &[SegmentLeaf], index: u32) -> Result<OpenedLeaf, String> {
+    let leaf = usize::try_from(index)
+        .ok()
+        .and_then(|i| leaves.get(i))
+        .copied()
+        .ok_or_else(|| format!("no leaf {index}"))?;
+    let path = merkle_path(leaves, index).ok_or_else(|| format!("no path to leaf {index}"))?;
+    Ok(OpenedLeaf { leaf, path })
+}
+
+/// Audits one pending result; `Err` means "try again later" (the dataset
+/// is not held yet, the chain is busy), never that the result is wrong.
+async fn audit_one(
+    ctx: &JobsContext,
+    config: &AuditConfig,
+    stats: &AuditStats,
+    pending: Pending,
+) -> Result<(), String> {
+    let spec = pending.record.spec.clone();
+    let leaves = leaves_of(&ctx.chain, pending.height, pending.tx).await?;
+    let dataset_digest = spec.dataset.digest;
+    blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(dataset_digest))
+        .await
+        .map_err(|e| format!("dataset {dataset_digest}: {e}"))?;
+    // Local randomness: the worker cannot know which segments are replayed.
+    let sample = trainer::verify::sample_segments(spec.segments, config.fraction, rand::random());
+    // The states the sample starts from, fetched ahead so the blocking
+    // replay reads only the local store; a state nobody serves is replayed
+    // from an earlier one instead.
+    for index in &sample {
+        let Some(prev) = usize::try_from(index.saturating_sub(1))
+            .ok()
+            .and_then(|i| leaves.get(i))
+        else {
+            continue;
+        };
+        if *index > 1 {
+            let _ = blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(prev.state)).await;
+        }
+    }
+    let store = ctx.blobs.clone();
+    let seed = protocol::job::worker_seed(&pending.job, &pending.worker, spec.base_seed);
+    let claimed = pending.result;
+    let audit_spec = spec.clone();
+    let audit_leaves = leaves.clone();
+    let audit_sample = sample.clone();
+    let started = Instant::now();
+    let report = tokio::task::spawn_blocking(move || {
+        let blob = store
+            .get(&dataset_digest)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("dataset {dataset_digest} vanished"))?;
+        let dataset = trainer::Dataset::from_blob(&blob, &trainer::DatasetLimits::default())
+            .map_err(|e| format!("dataset {dataset_digest} does not decode: {e}"))?;
+        let mut fetch = |digest: &protocol::Digest| store.get(digest).ok().flatten();
+        trainer::verify::audit(
+            &audit_spec,
+            &dataset,
+            seed,
+            &claimed,
+            &audit_leaves,
+            &audit_sample,
+            &mut fetch,
+        )
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let elapsed_ms = started.elapsed().as_millis();
+    stats.audits.fetch_add(1, Ordering::Relaxed);
+    stats
+        .segments_replayed
+        .fetch_add(u64::from(report.segments_replayed), Ordering::Relaxed);
+    let Some(fault) = report.fault else {
+        tracing::info!(
+            job = %pending.job, worker = %pending.worker, sampled = sample.len(),
+            segments = spec.segments, replayed = report.segments_replayed, elapsed_ms,
+            "audit passed"
+        );
+        return Ok(());
+    };
+    let claim = match &fault {
+        trainer::verify::AuditFault::InitialState => FraudClaim::InitialState {
+            first: opened(&leaves, 0)?,
+        },
+        trainer::verify::AuditFault::Segment {
+            index,
+            prev_state_bytes,
+        } => {
+            // Serve the honest state the proof opens, so every node can
+            // replay the segment.
+            let store = ctx.blobs.clone();
+            let bytes = prev_state_bytes.clone();
+            tokio::task::spawn_blocking(move || store.put(BlobKind::State, &bytes))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            FraudClaim::Segment {
+                index: *index,
+                prev: opened(&leaves, index.saturating_sub(1))?,
+                leaf: opened(&leaves, *index)?,
+            }
+        }
+        trainer::verify::AuditFault::Final { final_state_bytes } => {
+            let store = ctx.blobs.clone();
+            let bytes = final_state_bytes.clone();
+            tokio::task::spawn_blocking(move || store.put(BlobKind::State, &bytes))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            FraudClaim::Final {
+                last: opened(&leaves, spec.segments)?,
+            }
+        }
+    };
+    let segment = claim.segment(spec.segments);
+    tracing::warn!(
+        job = %pending.job, worker = %pending.worker, segment, replayed = report.segments_replayed,
+        elapsed_ms, "audit found a false result"
+    );
+    let Some(key) = &config.key else {
+        tracing::warn!(job = %pending.job, "no audit key: not challenging");
+        return Ok(());
+    };
+    submit_fraud_proof(ctx, key, pending.job, claim).await?;
+    stats.fraud_proofs.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Signs a fraud proof with `key`, offers it to the mempool and gossips it.
+async fn submit_fraud_proof(
+    ctx: &JobsContext,
+    key: &SigningKey,
+    job: JobId,
+    claim: FraudClaim,
+) -> Result<(), String> {
+    let challenger = address_of(key);
+    let nonce = ctx
+        .chain
+        .next_nonce(challenger)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tx = TxBody {
+        from: challenger,
+        nonce,
+        fee: ctx.params.min_fee,
+        kind: TxKind::FraudProof { job, claim },
+    }
+    .sign(key, ctx.params.chain_id)
+    .map_err(|e| e.to_string())?;
+    let bytes = codec::encode(&tx).map_err(|e| e.to_string())?;
+    match ctx.chain.submit_tx(tx).await.map_err(|e| e.to_string())? {
+        Ok(id) => {
+            tracing::warn!(%job, %challenger, tx = %id, bond = ctx.params.fraud_proof_bond.0, "fraud proof submitted");
+            ctx.network.publish(Topic::Txs, bytes);
+            Ok(())
+        }
+        Err(err) => {
+            tracing::warn!(%job, %challenger, reason = %err, "fraud proof refused by the mempool");
+            Ok(())
+        }
+    }
+}
