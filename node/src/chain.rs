@@ -261,6 +261,9 @@ pub struct Chain {
     /// Blocks that could not be judged for want of data, with what was
     /// missing; left off the main chain until [`Chain::retry_parked`].
     parked: HashMap<BlockHash, Option<Digest>>,
+    /// Blocks whose parking was logged, so a retry that parks them again
+    /// stays quiet.
+    parked_logged: HashSet<BlockHash>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -328,6 +331,7 @@ impl Chain {
             verifier,
             next_seq,
             parked: HashMap::new(),
+            parked_logged: HashSet::new(),
         };
         if let Some(best) = chain.best_candidate() {
             if chain.index.get(&best).map(|e| e.work) > Some(chain.total_work()) {
@@ -683,7 +687,11 @@ impl Chain {
             if source.is_node_local() {
                 // Not the block's fault: keep it, judge it again later.
                 let missing = missing_data(source);
-                tracing::warn!(block = %bad, reason = %source, "block parked until its data arrives");
+                if self.parked_logged.insert(*bad) {
+                    tracing::warn!(block = %bad, reason = %source, "block parked until its data arrives");
+                } else {
+                    tracing::debug!(block = %bad, reason = %source, "block still parked");
+                }
                 self.parked.insert(*bad, missing);
             } else {
                 self.mark_invalid(*bad);
