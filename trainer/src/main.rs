@@ -1,5 +1,6 @@
-//! `gradchain-trainer`: trains a job locally (`train`) and times the
-//! reproducible engine against stock candle (`bench`).
+//! `gradchain-trainer`: trains a job locally (`train`), times the
+//! reproducible engine against stock candle (`bench`) and optimistic
+//! verification against training (`bench verify`).
 //!
 //! This binary parses arguments, shows progress and prints results; the
 //! work is in the library. It must never panic on bad input: a bad flag or
@@ -15,6 +16,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use protocol::{Loss, TestMetric};
 use trainer::bench::{self, BenchJob};
+use trainer::bench_verify;
 use trainer::{Dataset, DatasetError, DatasetLimits, OptimizerKind, TaskKind, TrainSettings};
 
 #[derive(Parser, Debug)]
@@ -32,7 +34,8 @@ struct Cli {
 enum Command {
     /// Train a model on a CSV file and print its weights digest.
     Train(TrainArgs),
-    /// Time the reproducible engine against stock candle on the same jobs.
+    /// Time the reproducible engine against stock candle on the same jobs
+    /// (`bench verify`: verification against training).
     Bench(BenchArgs),
     /// Datasets on a node.
     #[command(subcommand)]
@@ -115,7 +118,10 @@ struct TrainArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 struct BenchArgs {
+    #[command(subcommand)]
+    which: Option<BenchCommand>,
     /// Steps timed for the 784-256-256-10 job.
     #[arg(long, default_value_t = 100)]
     steps: usize,
@@ -131,6 +137,41 @@ struct BenchArgs {
     /// Time only the reproducible engine (for profiling).
     #[arg(long)]
     reproducible_only: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Time auditing, fraud-proof replay and admission of a worker's result
+    /// against training it, on one digits job in one run.
+    Verify(VerifyBenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyBenchArgs {
+    /// Passes over the training rows [default: 620, about 30 s of training].
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Hidden layer widths, comma-separated [default: 512,512].
+    #[arg(long, value_parser = parse_hidden)]
+    hidden: Option<Hidden>,
+    /// Rows per mini-batch [default: 64].
+    #[arg(long)]
+    batch: Option<u32>,
+    /// Segments the steps are cut into [default: 64].
+    #[arg(long)]
+    segments: Option<u32>,
+    /// Seed of the auditors' samples [default: 1].
+    #[arg(long)]
+    audit_seed: Option<u64>,
+    /// Admissions of each transaction per timed repetition [default: 10000].
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// The digits CSV.
+    #[arg(long, default_value = "datasets/digits.csv")]
+    digits: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -323,6 +364,9 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchCommand::Verify(verify)) = args.which {
+        return run_bench_verify(verify);
+    }
     if args.threads == 0 || args.steps == 0 || args.digits_steps == 0 {
         bail!("--threads, --steps and --digits-steps must be at least 1");
     }
@@ -375,6 +419,29 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             r.stock,
             r.ratio()
         );
+    }
+    Ok(())
+}
+
+fn run_bench_verify(args: VerifyBenchArgs) -> anyhow::Result<()> {
+    // The defaults live in one place, the library's `VerifyBenchConfig`.
+    let d = bench_verify::VerifyBenchConfig::default();
+    let config = bench_verify::VerifyBenchConfig {
+        hidden: args.hidden.map_or(d.hidden, |h| h.0),
+        batch: args.batch.unwrap_or(d.batch),
+        epochs: args.epochs.unwrap_or(d.epochs),
+        segments: args.segments.unwrap_or(d.segments),
+        audit_seed: args.audit_seed.unwrap_or(d.audit_seed),
+        admission_iterations: args.iterations.unwrap_or(d.admission_iterations),
+        admission_repetitions: d.admission_repetitions,
+        fraud_proof_seconds: d.fraud_proof_seconds,
+    };
+    let digits = read_csv(&args.digits, TaskKind::Classification)?;
+    let report = bench_verify::run(&digits, &config)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.table());
     }
     Ok(())
 }
