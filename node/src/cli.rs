@@ -548,6 +548,7 @@ fn describe(response: &RpcResponse) -> String {
         RpcResponse::Job(..) => "a job".into(),
         RpcResponse::Jobs(_) => "a job list".into(),
         RpcResponse::BlobStored(_) => "a blob digest".into(),
+        RpcResponse::BlobChunkAccepted { .. } => "an upload's progress".into(),
         RpcResponse::BlobChunk(_) => "a blob chunk".into(),
         RpcResponse::Predictions(_) => "predictions".into(),
     }

@@ -15,21 +15,23 @@
 //!   becomes a fraud proof signed with the audit key. Audits run one at a
 //!   time on tokio's blocking pool, never on the chain thread or the async
 //!   executor, and never delay block relay.
+//! - **Pruning.** [`run_state_pruner`] drops, on every new tip, the training
+//!   states no pending result names any more.
 //!
 //! This module never decides validity: it only fetches, replays off
 //! consensus, and submits transactions that the chain then judges.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ed25519_dalek::SigningKey;
 use protocol::rpc::{BlobKind, BlobName, BlockRef};
 use protocol::segments::merkle_path;
 use protocol::{
-    codec, Address, ChainParams, FraudClaim, JobId, JobRecord, JobStatus, OpenedLeaf, SegmentLeaf,
-    Transaction, TxBody, TxId, TxKind,
+    codec, Address, ChainParams, Digest, FraudClaim, JobId, JobRecord, JobStatus, OpenedLeaf,
+    SegmentLeaf, Transaction, TxBody, TxId, TxKind,
 };
 use tokio::sync::{watch, Semaphore};
 
@@ -89,8 +91,16 @@ fn address_of(key: &SigningKey) -> Address {
 }
 
 /// Fetches what parked blocks miss and has the chain judge them again,
-/// until shutdown.
-pub async fn run_data_fetcher(ctx: JobsContext, mut shutdown: watch::Receiver<bool>) {
+/// until shutdown. Every node runs it, so it runs [`run_state_pruner`]
+/// alongside, in the same task (stopping one stops both).
+pub async fn run_data_fetcher(ctx: JobsContext, shutdown: watch::Receiver<bool>) {
+    tokio::join!(
+        fetch_parked_data(ctx.clone(), shutdown.clone()),
+        run_state_pruner(ctx, shutdown)
+    );
+}
+
+async fn fetch_parked_data(ctx: JobsContext, mut shutdown: watch::Receiver<bool>) {
     let mut poll = tokio::time::interval(JOBS_POLL);
     loop {
         tokio::select! {
@@ -114,6 +124,67 @@ pub async fn run_data_fetcher(ctx: JobsContext, mut shutdown: watch::Receiver<bo
             tracing::debug!(reason = %err, "retrying parked blocks failed");
         }
     }
+}
+
+/// Drops the training states no pending result needs, on every new tip,
+/// until shutdown. A state is needed while a pending result's leaves (in
+/// its `SubmitResult`, in the block that admitted it) name it: a fraud proof
+/// or an audit may open it until the result settles or is proven false.
+/// States stored within [`blobs::STATE_GRACE`] stay too, since results are
+/// uploaded before they are mined and fraud proofs' states before the proof
+/// is. When the leaves of a pending result cannot be read (a reorg under
+/// way), nothing is dropped that round.
+pub async fn run_state_pruner(ctx: JobsContext, mut shutdown: watch::Receiver<bool>) {
+    let mut tips = ctx.chain.watch_tip();
+    // The states each pending result names, by its transaction: the id
+    // commits to the leaves, so they never need reading twice.
+    let mut named: HashMap<TxId, Vec<Digest>> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            changed = tips.changed() => if changed.is_err() { break },
+        }
+        match prune_states(&ctx, &mut named).await {
+            Ok(report) if report.dropped > 0 => {
+                tracing::info!(
+                    states = report.dropped,
+                    bytes = report.bytes,
+                    "settled states pruned"
+                );
+            }
+            Ok(_) => {}
+            Err(reason) => tracing::debug!(%reason, "states not pruned this time"),
+        }
+    }
+}
+
+async fn prune_states(
+    ctx: &JobsContext,
+    named: &mut HashMap<TxId, Vec<Digest>>,
+) -> Result<blobs::PruneReport, String> {
+    let jobs = ctx.chain.jobs(false).await.map_err(|e| e.to_string())?;
+    let mut pending = HashMap::new();
+    for result in pending_results(jobs) {
+        let states = match named.get(&result.tx) {
+            Some(states) => states.clone(),
+            None => leaves_of(&ctx.chain, result.height, result.tx)
+                .await?
+                .iter()
+                .map(|leaf| leaf.state)
+                .collect(),
+        };
+        pending.insert(result.tx, states);
+    }
+    *named = pending;
+    let keep: HashSet<Digest> = named.values().flatten().copied().collect();
+    let stored_before = SystemTime::now()
+        .checked_sub(blobs::STATE_GRACE)
+        .ok_or("the clock is before the grace period")?;
+    let store = ctx.blobs.clone();
+    tokio::task::spawn_blocking(move || store.prune_states(stored_before, |d| keep.contains(d)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// Fetches what judging the fraud proof `tx` will need (the job's dataset
@@ -207,7 +278,11 @@ pub async fn run_auditor(
         let Ok(jobs) = ctx.chain.jobs(false).await else {
             break;
         };
-        for pending in pending_results(jobs) {
+        let pending = pending_results(jobs);
+        // Forget results no longer pending, so the set stays as small as
+        // the pending list.
+        started.retain(|tx| pending.iter().any(|p| p.tx == *tx));
+        for pending in pending {
             if !started.insert(pending.tx) {
                 continue;
             }

@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::SigningKey;
 use libp2p::Multiaddr;
 use protocol::job::{check_acceptance, worker_seed};
-use protocol::rpc::{BlobKind, BlobName, PredictionOut, RpcRequest, RpcResponse};
+use protocol::rpc::{BlobKind, BlobName, PredictionOut, RpcRequest, RpcResponse, MAX_BLOB_BYTES};
 use protocol::{
     Acceptance, Address, Amount, Digest, F32Bits, Height, JobId, JobSpec, TxBody, TxKind,
 };
@@ -208,6 +208,7 @@ pub fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
 /// Downloads a whole blob from the node and checks its SHA-256.
 async fn get_blob(node: &Multiaddr, name: BlobName) -> anyhow::Result<Vec<u8>> {
     let mut bytes: Vec<u8> = Vec::new();
+    let max = u64::try_from(MAX_BLOB_BYTES)?;
     loop {
         let offset = u64::try_from(bytes.len())?;
         let chunk = match ask(
@@ -225,6 +226,12 @@ async fn get_blob(node: &Multiaddr, name: BlobName) -> anyhow::Result<Vec<u8>> {
         };
         if chunk.offset != offset {
             bail!("blob chunk at offset {}, expected {offset}", chunk.offset);
+        }
+        if chunk.total > max {
+            bail!("a blob of {} bytes, expected at most {max}", chunk.total);
+        }
+        if offset == 0 {
+            bytes.reserve_exact(usize::try_from(chunk.total)?);
         }
         bytes.extend_from_slice(&chunk.bytes);
         let have = u64::try_from(bytes.len())?;
@@ -260,20 +267,12 @@ pub fn dataset_put(args: DatasetPutArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("{}: {e}", args.file.display()))?;
     let blob = dataset.to_blob();
     let expected = dataset.digest();
-    let stored = runtime()?.block_on(async {
-        match ask(
-            &args.node,
-            RpcRequest::PutBlob {
-                kind: BlobKind::Dataset,
-                bytes: blob,
-            },
-        )
-        .await?
-        {
-            RpcResponse::BlobStored(digest) => Ok(digest),
-            other => Err(anyhow!("unexpected answer: {other:?}")),
-        }
-    })?;
+    let stored = runtime()?.block_on(rpc_client::put_blob(
+        &args.node,
+        BlobKind::Dataset,
+        &blob,
+        RPC_TIMEOUT,
+    ))?;
     if stored != expected {
         bail!("node stored the dataset as {stored}, expected {expected}");
     }
@@ -482,39 +481,20 @@ async fn work_one(
         return Ok(false);
     }
     let served = states.len();
-    for bytes in states {
-        match ask(
-            &args.node,
-            RpcRequest::PutBlob {
-                kind: BlobKind::State,
-                bytes,
-            },
-        )
-        .await?
-        {
-            RpcResponse::BlobStored(_) => {}
-            other => bail!("the node refused a training state: {other:?}"),
-        }
+    for (index, bytes) in states.iter().enumerate() {
+        rpc_client::put_blob(&args.node, BlobKind::State, bytes, RPC_TIMEOUT)
+            .await
+            .with_context(|| format!("storing training state S_{index} on the node"))?;
     }
     tracing::info!(%job, states = served, "training states served");
     if let Some(model) = model {
         // Written from memory: no file on disk that another user could
         // swap or read.
         let bytes = trainer::weights::safetensors_bytes(&model)?;
-        match ask(
-            &args.node,
-            RpcRequest::PutBlob {
-                kind: BlobKind::Weights,
-                bytes,
-            },
-        )
-        .await?
-        {
-            RpcResponse::BlobStored(file) => {
-                tracing::info!(%job, file = %file, weights = %result.weights, "weights uploaded")
-            }
-            other => bail!("unexpected answer: {other:?}"),
-        }
+        let file = rpc_client::put_blob(&args.node, BlobKind::Weights, &bytes, RPC_TIMEOUT)
+            .await
+            .context("storing the weights on the node")?;
+        tracing::info!(%job, file = %file, weights = %result.weights, "weights uploaded");
     }
     let chain_id = match ask(&args.node, RpcRequest::Status).await? {
         RpcResponse::Status(s) => s.chain_id,

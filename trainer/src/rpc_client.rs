@@ -1,5 +1,6 @@
 //! The trainer's peer-RPC client: dials a node, sends one request over
-//! `/gradchain/rpc/1`, waits for the answer.
+//! `/gradchain/rpc/1`, waits for the answer; and [`put_blob`], which stores
+//! a blob of any size the node takes, in one request or chunk by chunk.
 //!
 //! The trainer must never link the node, so the client lives here and the
 //! node's CLI re-exports it. Frames are those of node/src/net/wire.rs: a
@@ -20,7 +21,11 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, StreamProtocol};
 use protocol::codec;
-use protocol::rpc::{RpcRequest, RpcResponse, MAX_RPC_MESSAGE_BYTES, RPC_PROTOCOL};
+use protocol::rpc::{
+    BlobKind, RpcErrorCode, RpcRequest, RpcResponse, BLOB_CHUNK_BYTES, MAX_PUT_BLOB_BYTES,
+    MAX_RPC_MESSAGE_BYTES, RPC_PROTOCOL,
+};
+use protocol::Digest;
 
 /// Why an RPC call failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,26 @@ pub enum RpcClientError {
         addr: Multiaddr,
         /// Why.
         reason: String,
+    },
+    /// The node refused the request.
+    #[error("node at {addr} refused: {code:?}: {message}")]
+    Refused {
+        /// The address dialed.
+        addr: Multiaddr,
+        /// The node's error code.
+        code: RpcErrorCode,
+        /// The node's message.
+        message: String,
+    },
+    /// The node answered something other than what the request calls for.
+    #[error("unexpected answer from {addr}: {answer}, expected {expected}")]
+    Unexpected {
+        /// The address dialed.
+        addr: Multiaddr,
+        /// The answer, in words.
+        answer: String,
+        /// What was expected.
+        expected: String,
     },
 }
 
@@ -158,6 +183,73 @@ pub async fn call(
             addr: addr.clone(),
             reason: e.to_string(),
         }
+    })
+}
+
+/// Stores `bytes` as a blob of `kind` on the node at `addr` and returns the
+/// digest it is stored under. A blob that fits one message goes in one
+/// [`RpcRequest::PutBlob`]; a larger one in [`RpcRequest::PutBlobChunk`]s of
+/// [`BLOB_CHUNK_BYTES`], in order, the node checking the whole after the
+/// last (it answers early when it holds the blob already). `timeout`
+/// bounds each request.
+pub async fn put_blob(
+    addr: &Multiaddr,
+    kind: BlobKind,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<Digest, RpcClientError> {
+    let digest = Digest(protocol::sha256(bytes));
+    let unexpected = |answer: RpcResponse, expected: String| match answer {
+        RpcResponse::Error(err) => RpcClientError::Refused {
+            addr: addr.clone(),
+            code: err.code,
+            message: err.message,
+        },
+        other => RpcClientError::Unexpected {
+            addr: addr.clone(),
+            answer: format!("{other:?}"),
+            expected,
+        },
+    };
+    if bytes.len() <= MAX_PUT_BLOB_BYTES {
+        let request = RpcRequest::PutBlob {
+            kind,
+            bytes: bytes.to_vec(),
+        };
+        return match call(addr, &request, timeout).await? {
+            RpcResponse::BlobStored(stored) if stored == digest => Ok(stored),
+            other => Err(unexpected(other, format!("blob {digest} stored"))),
+        };
+    }
+    let total = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    let size = usize::try_from(BLOB_CHUNK_BYTES).unwrap_or(usize::MAX);
+    let mut offset = 0u64;
+    for chunk in bytes.chunks(size) {
+        let next = offset.saturating_add(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
+        let request = RpcRequest::PutBlobChunk {
+            kind,
+            digest,
+            total,
+            offset,
+            bytes: chunk.to_vec(),
+        };
+        match call(addr, &request, timeout).await? {
+            RpcResponse::BlobStored(stored) if stored == digest => return Ok(stored),
+            RpcResponse::BlobChunkAccepted {
+                digest: accepted,
+                received,
+            } if accepted == digest && received == next && next < total => offset = next,
+            other => {
+                return Err(unexpected(
+                    other,
+                    format!("chunk of blob {digest} up to byte {next} of {total} taken"),
+                ))
+            }
+        }
+    }
+    Err(RpcClientError::Failed {
+        addr: addr.clone(),
+        reason: format!("every chunk of blob {digest} sent, but the node never stored it"),
     })
 }
 

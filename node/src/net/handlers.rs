@@ -20,7 +20,7 @@ use libp2p::PeerId;
 use protocol::codec;
 use protocol::rpc::{
     BlobName, NodeStatus, PredictionOut, RpcError, RpcErrorCode, RpcRequest, RpcResponse,
-    MAX_BLOB_CHUNK_BYTES, MAX_PREDICT_ROWS,
+    MAX_BLOB_CHUNK_BYTES, MAX_PREDICT_ROWS, MAX_PUT_BLOB_BYTES,
 };
 use protocol::state::JobStatus;
 use protocol::{Block, ChainParams, F32Bits, JobId, SignedTx, TxKind};
@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::network::{NetworkClient, Topic};
 use super::wire::{SyncRequest, SyncResponse, MAX_BLOCKS_PER_REQUEST, MAX_LOCATOR, MAX_SYNC_FRAME};
-use crate::blobs::{self, BlobStore};
+use crate::blobs::{self, BlobError, BlobStore, UploadChunk, UploadProgress};
 use crate::chain::{BlockOutcome, MAX_HEADERS};
 use crate::mempool::MempoolError;
 use crate::miner::MinerStats;
@@ -336,13 +336,49 @@ async fn answer_rpc(ctx: &Context, request: RpcRequest) -> RpcResponse {
             Err(err) => stopped(err),
         },
         RpcRequest::PutBlob { kind, bytes } => {
+            if bytes.len() > MAX_PUT_BLOB_BYTES {
+                return rpc_error(
+                    RpcErrorCode::InvalidArgument,
+                    format!(
+                        "a blob of {} bytes in one request, expected at most {MAX_PUT_BLOB_BYTES}: upload it in chunks",
+                        bytes.len()
+                    ),
+                );
+            }
             let store = ctx.blobs.clone();
-            match tokio::task::spawn_blocking(move || store.put(kind, &bytes)).await {
+            match tokio::task::spawn_blocking(move || store.put_uploaded(kind, &bytes)).await {
                 Ok(Ok(digest)) => {
                     tracing::info!(blob = %digest, ?kind, "blob stored");
                     RpcResponse::BlobStored(digest)
                 }
-                Ok(Err(err)) => rpc_error(RpcErrorCode::InvalidArgument, err.to_string()),
+                Ok(Err(err)) => blob_error(err),
+                Err(err) => rpc_error(RpcErrorCode::Internal, err.to_string()),
+            }
+        }
+        RpcRequest::PutBlobChunk {
+            kind,
+            digest,
+            total,
+            offset,
+            bytes,
+        } => {
+            let store = ctx.blobs.clone();
+            let chunk = UploadChunk {
+                kind,
+                digest,
+                total,
+                offset,
+                bytes,
+            };
+            match tokio::task::spawn_blocking(move || store.put_uploaded_chunk(chunk)).await {
+                Ok(Ok(UploadProgress::Received(received))) => {
+                    RpcResponse::BlobChunkAccepted { digest, received }
+                }
+                Ok(Ok(UploadProgress::Stored(digest))) => {
+                    tracing::info!(blob = %digest, ?kind, bytes = total, "blob stored");
+                    RpcResponse::BlobStored(digest)
+                }
+                Ok(Err(err)) => blob_error(err),
                 Err(err) => rpc_error(RpcErrorCode::Internal, err.to_string()),
             }
         }
@@ -365,6 +401,16 @@ async fn answer_rpc(ctx: &Context, request: RpcRequest) -> RpcResponse {
         }
         RpcRequest::Predict { job, rows } => predict(ctx, job, rows).await,
     }
+}
+
+/// An RPC error for a refused upload.
+fn blob_error(err: BlobError) -> RpcResponse {
+    let code = match err {
+        BlobError::Quota(_) => RpcErrorCode::QuotaExceeded,
+        BlobError::Database(_) => RpcErrorCode::Internal,
+        _ => RpcErrorCode::InvalidArgument,
+    };
+    rpc_error(code, err.to_string())
 }
 
 async fn predict(ctx: &Context, job: JobId, rows: Vec<Vec<F32Bits>>) -> RpcResponse {

@@ -1,6 +1,6 @@
 //! Wire formats of the node's own protocols: gossip topic names, the sync
-//! request and response messages, and the length-prefixed frame codec that
-//! request-response uses for both sync and the peer RPC.
+//! and blob request and response messages, and the length-prefixed frame
+//! codec that request-response uses for sync, blobs and the peer RPC.
 //!
 //! Frames are a little-endian `u32` length and that many bytes, refused
 //! above a per-protocol cap before anything is allocated; their contents are
@@ -12,8 +12,8 @@ use std::io;
 use async_trait::async_trait;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use protocol::rpc::{BlobChunk, BlobName};
-use protocol::{Block, BlockHash, Header};
+use protocol::rpc::{BlobManifest, BlobName, BLOB_CHUNK_BYTES};
+use protocol::{Block, BlockHash, Digest, Header};
 use serde::{Deserialize, Serialize};
 
 /// The gossip topic for blocks.
@@ -22,12 +22,12 @@ pub const BLOCKS_TOPIC: &str = "/gradchain/1/blocks";
 pub const TXS_TOPIC: &str = "/gradchain/1/txs";
 /// The request-response protocol for headers-first sync.
 pub const SYNC_PROTOCOL: &str = "/gradchain/sync/1";
-/// The request-response protocol moving blobs (datasets, weights) in chunks.
-pub const BLOB_PROTOCOL: &str = "/gradchain/blob/1";
-/// Largest blob frame: one chunk plus its envelope.
-pub const MAX_BLOB_FRAME: usize = 1024 * 1024 + 4096;
-/// The largest chunk a peer sends in one blob response.
-pub const BLOB_CHUNK_BYTES: u32 = 256 * 1024;
+/// The request-response protocol moving blobs (datasets, weights, training
+/// states): a manifest first, then chunk by chunk.
+pub const BLOB_PROTOCOL: &str = "/gradchain/blob/2";
+/// Largest blob frame: one chunk of [`BLOB_CHUNK_BYTES`] plus its envelope.
+/// A manifest is far smaller: 32 bytes a chunk, 5 KiB for the largest blob.
+pub const MAX_BLOB_FRAME: usize = BLOB_CHUNK_BYTES as usize + 4096;
 /// The identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/gradchain/id/1";
 /// Largest sync frame.
@@ -63,22 +63,34 @@ pub enum SyncResponse {
     Error(String),
 }
 
-/// A blob request between peers: a slice of a blob by name.
+/// A blob request between peers. A fetcher asks for the manifest, then for
+/// each chunk in turn, so no message carries more than one chunk and no side
+/// holds more than one chunk of a blob in memory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobRequest {
-    /// Which blob.
-    pub name: BlobName,
-    /// First byte wanted.
-    pub offset: u64,
-    /// Most bytes wanted; the answer holds at most [`BLOB_CHUNK_BYTES`].
-    pub max_len: u32,
+pub enum BlobRequest {
+    /// The manifest of the blob `name` names.
+    Manifest(BlobName),
+    /// One chunk of a blob.
+    Chunk {
+        /// SHA-256 of the whole blob.
+        digest: Digest,
+        /// Which chunk, from 0.
+        index: u32,
+    },
 }
 
 /// A blob response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobResponse {
-    /// A slice of the blob.
-    Chunk(BlobChunk),
+    /// Answers [`BlobRequest::Manifest`].
+    Manifest(BlobManifest),
+    /// Answers [`BlobRequest::Chunk`].
+    Chunk {
+        /// Which chunk.
+        index: u32,
+        /// Its bytes, at most [`BLOB_CHUNK_BYTES`].
+        bytes: Vec<u8>,
+    },
     /// The peer does not hold it.
     NotFound,
 }
@@ -172,5 +184,52 @@ impl libp2p::request_response::Codec for FrameCodec {
         T: AsyncWrite + Unpin + Send,
     {
         write_frame(io, &res, self.max).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::codec;
+    use protocol::rpc::{BlobKind, MAX_BLOB_BYTES};
+
+    use super::*;
+
+    #[test]
+    fn blob_requests_have_pinned_bytes() {
+        let chunk = codec::encode(&BlobRequest::Chunk {
+            digest: Digest([7; 32]),
+            index: 2,
+        })
+        .unwrap();
+        let mut expected = vec![1, 0, 0, 0];
+        expected.extend_from_slice(&[7; 32]);
+        expected.extend_from_slice(&[2, 0, 0, 0]);
+        assert_eq!(chunk, expected);
+        let manifest =
+            codec::encode(&BlobRequest::Manifest(BlobName::Weights(Digest([8; 32])))).unwrap();
+        let mut expected = vec![0, 0, 0, 0, 1, 0, 0, 0];
+        expected.extend_from_slice(&[8; 32]);
+        assert_eq!(manifest, expected);
+    }
+
+    #[test]
+    fn the_largest_chunk_and_manifest_fit_a_blob_frame() {
+        let chunk = codec::encode(&BlobResponse::Chunk {
+            index: u32::MAX,
+            bytes: vec![0; BLOB_CHUNK_BYTES as usize],
+        })
+        .unwrap();
+        assert!(chunk.len() <= MAX_BLOB_FRAME, "{}", chunk.len());
+        let chunks = MAX_BLOB_BYTES.div_ceil(BLOB_CHUNK_BYTES as usize);
+        let manifest = codec::encode(&BlobResponse::Manifest(BlobManifest {
+            digest: Digest([1; 32]),
+            kind: BlobKind::State,
+            total: MAX_BLOB_BYTES as u64,
+            chunks: vec![Digest([2; 32]); chunks],
+        }))
+        .unwrap();
+        assert!(manifest.len() <= MAX_BLOB_FRAME, "{}", manifest.len());
+        let decoded: BlobResponse = codec::decode_with_limit(&manifest, MAX_BLOB_FRAME).unwrap();
+        assert!(matches!(decoded, BlobResponse::Manifest(m) if m.check().is_ok()));
     }
 }
