@@ -3,14 +3,21 @@
 //!
 //! The blob is the only form that is hashed or stored: it carries the task,
 //! the shape, the features as f32 little-endian bits and the labels, and
-//! nothing else (no column names, no file layout), so two CSV files with the
-//! same numbers give the same digest. This module must never panic on bad
-//! input: every problem in a file or blob is a [`DatasetError`] naming where
-//! it is and what was expected.
+//! nothing else (no column names, no quoting, BOM, line endings or spacing),
+//! so two CSV files with the same numbers give the same digest. CSV text is
+//! read with the `csv` crate as a stream, row by row. This module must never
+//! panic on bad input, and never hold more than [`DatasetLimits`] allows
+//! (one row of text, the rows and the blob size are checked before the
+//! memory for them is taken): every problem in a file or blob is a
+//! [`DatasetError`] naming where it is and what was expected.
 
 use std::path::Path;
 
 use protocol::{DatasetRef, Digest, Task};
+
+mod csv_text;
+
+pub use csv_text::{parse_csv, parse_csv_reader};
 
 /// What the target column holds, as the user declares it; the number of
 /// classes is read from the data.
@@ -32,6 +39,11 @@ pub struct DatasetLimits {
     pub max_features: u32,
     /// Most classes; labels must be below this.
     pub max_classes: u32,
+    /// Most bytes of the canonical blob, the dataset's total size.
+    pub max_blob_bytes: u64,
+    /// Most bytes of CSV text in one row (the header included), its line
+    /// break included: the parser holds a whole row in memory at once.
+    pub max_row_bytes: u32,
 }
 
 impl Default for DatasetLimits {
@@ -40,6 +52,12 @@ impl Default for DatasetLimits {
             max_rows: 1_000_000,
             max_features: 4096,
             max_classes: 1000,
+            // A larger dataset could be parsed here but never stored or
+            // fetched by a node.
+            max_blob_bytes: protocol::rpc::BlobKind::Dataset.max_bytes(),
+            // 4097 cells of 250 characters each: far more than any number
+            // needs, and a bounded buffer however long a broken line is.
+            max_row_bytes: 1 << 20,
         }
     }
 }
@@ -87,6 +105,49 @@ pub enum DatasetError {
         /// Columns in the header.
         got: usize,
     },
+    /// The header or a row runs across more bytes than the cap (a file with no
+    /// line breaks, or a quote left open).
+    #[error("{} (line {line}) runs past {max} bytes, expected at most {max} bytes in one row", row_name(.row))]
+    RowTooLong {
+        /// Data row, from 1; 0 for the header.
+        row: usize,
+        /// Line in the file where the row starts, from 1.
+        line: usize,
+        /// The cap.
+        max: u32,
+    },
+    /// A cell holds a line break. Numbers never do: a quote was opened and
+    /// not closed where it should have been (or lines end in CR alone).
+    #[error("{} (line {line}), column {column} ({name}): the cell runs across a line break (an unclosed quote?), expected one number on one line", row_name(.row))]
+    SpansLines {
+        /// Data row, from 1; 0 for the header.
+        row: usize,
+        /// Line in the file where the row starts, from 1.
+        line: usize,
+        /// Column, from 1.
+        column: usize,
+        /// The column's header (empty where the header itself is read, or
+        /// the row has more cells than the header).
+        name: String,
+    },
+    /// The CSV reader refused the text.
+    #[error("{} (line {line}): {message}", row_name(.row))]
+    Csv {
+        /// Data row, from 1; 0 for the header.
+        row: usize,
+        /// Line in the file where the row starts, from 1.
+        line: usize,
+        /// The CSV reader's words.
+        message: String,
+    },
+    /// Reading the text failed part way (see [`DatasetError::Io`] for a file).
+    #[error("cannot read the CSV text at {}: {message}", row_name(.row))]
+    Read {
+        /// Data row being read, from 1; 0 for the header.
+        row: usize,
+        /// The operating system's words.
+        message: String,
+    },
     /// A row has a different number of cells from the header.
     #[error("row {row} (line {line}) has {got} cells, expected {expected} like the header")]
     Ragged {
@@ -98,6 +159,18 @@ pub enum DatasetError {
         got: usize,
         /// Cells in the header.
         expected: usize,
+    },
+    /// A cell holds nothing but whitespace.
+    #[error("row {row} (line {line}), column {column} ({name}) is empty, expected a number")]
+    EmptyCell {
+        /// Data row, from 1.
+        row: usize,
+        /// Line in the file, from 1.
+        line: usize,
+        /// Column, from 1.
+        column: usize,
+        /// The column's header.
+        name: String,
     },
     /// A cell is not a number.
     #[error("row {row} (line {line}), column {column} ({name}): {value:?} is not a number")]
@@ -113,8 +186,8 @@ pub enum DatasetError {
         /// The cell.
         value: String,
     },
-    /// A cell is NaN or infinite.
-    #[error("row {row} (line {line}), column {column} ({name}): {value:?} is not finite, expected a finite number")]
+    /// A cell is NaN or infinite, or beyond the range of an f32.
+    #[error("row {row} (line {line}), column {column} ({name}): {value:?} is not finite as an f32 (NaN, infinity, or beyond ±3.4e38), expected a finite number")]
     NotFinite {
         /// Data row, from 1.
         row: usize,
@@ -128,7 +201,7 @@ pub enum DatasetError {
         value: String,
     },
     /// A class label that is not a small non-negative integer.
-    #[error("row {row} (line {line}), column {column} ({name}): label {value:?} is not a class number, expected an integer in 0..{max_classes}")]
+    #[error("row {row} (line {line}), column {column} ({name}): label {value:?} is not a class number, expected an integer in 0..{max_classes} (written as 2, 2.0 or 2e0)")]
     BadLabel {
         /// Data row, from 1.
         row: usize,
@@ -157,6 +230,16 @@ pub enum DatasetError {
         /// The cap.
         max: u32,
     },
+    /// The dataset grew past the blob size cap.
+    #[error("row {row} makes the dataset blob {got} bytes, expected at most {max}")]
+    BlobTooLarge {
+        /// The first row over the cap, from 1.
+        row: usize,
+        /// Blob bytes with that row.
+        got: u64,
+        /// The cap.
+        max: u64,
+    },
     /// More feature columns than the cap.
     #[error("{got} feature columns, expected at most {max}")]
     TooManyFeatures {
@@ -175,6 +258,14 @@ pub enum DatasetError {
         /// What was expected.
         expected: String,
     },
+}
+
+/// How an error names a row: data rows count from 1 after the header.
+fn row_name(row: &usize) -> String {
+    match row {
+        0 => "the header".to_string(),
+        row => format!("row {row}"),
+    }
 }
 
 /// The blob's first bytes: a format name and version, so that a future
@@ -319,6 +410,13 @@ impl Dataset {
     /// could not have written (wrong magic, tag, length, non-finite values,
     /// labels out of range) or that breaks `limits`.
     pub fn from_blob(blob: &[u8], limits: &DatasetLimits) -> Result<Self, DatasetError> {
+        if u64::try_from(blob.len()).map_or(true, |len| len > limits.max_blob_bytes) {
+            return Err(bad_blob(
+                "length",
+                blob.len(),
+                format!("at most {}", limits.max_blob_bytes),
+            ));
+        }
         let header = blob
             .get(..BLOB_HEADER)
             .ok_or_else(|| bad_blob("length", blob.len(), format!("at least {BLOB_HEADER}")))?;
@@ -398,17 +496,24 @@ impl Dataset {
         Self::new(task, features, x, targets)
     }
 
-    /// Reads and parses a CSV file (see [`parse_csv`]).
+    /// Reads and parses a CSV file as a stream (see [`parse_csv_reader`]);
+    /// the file is never held in memory whole.
     pub fn from_csv_file(
         path: &Path,
         kind: TaskKind,
         limits: &DatasetLimits,
     ) -> Result<Self, DatasetError> {
-        let text = std::fs::read_to_string(path).map_err(|e| DatasetError::Io {
+        let io_error = |message: String| DatasetError::Io {
             path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        parse_csv(&text, kind, limits)
+            message,
+        };
+        let file = std::fs::File::open(path).map_err(|e| io_error(e.to_string()))?;
+        parse_csv_reader(file, kind, limits).map_err(|e| match e {
+            DatasetError::Read { row, message } => {
+                io_error(format!("{message} (reading {})", row_name(&row)))
+            }
+            other => other,
+        })
     }
 }
 
@@ -417,124 +522,6 @@ fn bad_blob(what: &'static str, got: impl ToString, expected: String) -> Dataset
         what,
         got: got.to_string(),
         expected,
-    }
-}
-
-/// Parses CSV text: a header row, then rows of numeric cells separated by
-/// commas, the target in the last column. Blank lines are skipped; cells are
-/// trimmed. Numbers are read with Rust's correctly rounded decimal parser, so
-/// the same text gives the same bits everywhere. Classification labels must
-/// be plain integers below `limits.max_classes`; the class count is the
-/// largest label plus one.
-pub fn parse_csv(
-    text: &str,
-    kind: TaskKind,
-    limits: &DatasetLimits,
-) -> Result<Dataset, DatasetError> {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(index, line)| (index + 1, line.trim()))
-        .filter(|(_, line)| !line.is_empty());
-    let (_, header) = lines.next().ok_or(DatasetError::Empty)?;
-    let names: Vec<&str> = header.split(',').map(str::trim).collect();
-    if names.len() < 2 {
-        return Err(DatasetError::TooFewColumns { got: names.len() });
-    }
-    let feature_count = names.len() - 1;
-    if feature_count > limits.max_features as usize {
-        return Err(DatasetError::TooManyFeatures {
-            got: feature_count,
-            max: limits.max_features,
-        });
-    }
-    let name_of = |column: usize| names.get(column).copied().unwrap_or_default().to_string();
-
-    let mut x = Vec::new();
-    let mut labels = Vec::new();
-    let mut values = Vec::new();
-    let mut row = 0usize;
-    for (line, text) in lines {
-        row += 1;
-        if row > limits.max_rows as usize {
-            return Err(DatasetError::TooManyRows {
-                row,
-                max: limits.max_rows,
-            });
-        }
-        let cells: Vec<&str> = text.split(',').map(str::trim).collect();
-        if cells.len() != names.len() {
-            return Err(DatasetError::Ragged {
-                row,
-                line,
-                got: cells.len(),
-                expected: names.len(),
-            });
-        }
-        for (column, cell) in cells.iter().enumerate() {
-            let is_target = column == feature_count;
-            if is_target && kind == TaskKind::Classification {
-                let label = cell
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|l| *l < limits.max_classes)
-                    .ok_or_else(|| DatasetError::BadLabel {
-                        row,
-                        line,
-                        column: column + 1,
-                        name: name_of(column),
-                        value: (*cell).to_string(),
-                        max_classes: limits.max_classes,
-                    })?;
-                labels.push(label);
-                continue;
-            }
-            let value = cell.parse::<f32>().map_err(|_| DatasetError::NotNumber {
-                row,
-                line,
-                column: column + 1,
-                name: name_of(column),
-                value: (*cell).to_string(),
-            })?;
-            if !value.is_finite() {
-                return Err(DatasetError::NotFinite {
-                    row,
-                    line,
-                    column: column + 1,
-                    name: name_of(column),
-                    value: (*cell).to_string(),
-                });
-            }
-            if is_target {
-                values.push(value);
-            } else {
-                x.push(value);
-            }
-        }
-    }
-    if row == 0 {
-        return Err(DatasetError::NoRows);
-    }
-    let features = u32::try_from(feature_count).map_err(|_| DatasetError::TooManyFeatures {
-        got: feature_count,
-        max: limits.max_features,
-    })?;
-    match kind {
-        TaskKind::Classification => {
-            let classes = labels.iter().copied().max().unwrap_or(0).saturating_add(1);
-            if classes < 2 {
-                return Err(DatasetError::TooFewClasses { got: classes });
-            }
-            Dataset::new(
-                Task::Classification { classes },
-                features,
-                x,
-                Targets::Classes(labels),
-            )
-        }
-        TaskKind::Regression => {
-            Dataset::new(Task::Regression, features, x, Targets::Values(values))
-        }
     }
 }
 
@@ -664,6 +651,7 @@ mod tests {
             max_rows: 2,
             max_features: 2,
             max_classes: 10,
+            ..DatasetLimits::default()
         };
         let err = parse_csv("a,y\n1,0\n2,1\n3,1\n", TaskKind::Classification, &limits).unwrap_err();
         assert_eq!(err, DatasetError::TooManyRows { row: 3, max: 2 });

@@ -33,7 +33,9 @@ pub mod train;
 pub mod verify;
 pub mod weights;
 
-pub use dataset::{parse_csv, Dataset, DatasetError, DatasetLimits, Targets, TaskKind};
+pub use dataset::{
+    parse_csv, parse_csv_reader, Dataset, DatasetError, DatasetLimits, Targets, TaskKind,
+};
 pub use model::{predict, ModelError, Prediction, TrainedModel};
 pub use session::{FinishedRun, Session, StateError, STATE_MAGIC};
 pub use settings::{OptimizerKind, TrainSettings};
