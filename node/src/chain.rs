@@ -895,9 +895,13 @@ impl Chain {
         // Room for the header, the coinbase and the length prefixes.
         let max_bytes = self.params.max_block_bytes.saturating_sub(1024);
         let max_txs = self.params.max_block_txs.saturating_sub(1);
-        let (mut txs, _) = self
+        let (txs, _) = self
             .mempool
             .select(&mut self.state, &ctx, max_txs, max_bytes);
+        // A block may carry only so many fraud proofs; the mempool may hold
+        // more. Without this cap, a few funded proofs would leave every
+        // template invalid and stop mining.
+        let mut txs = cap_fraud_proofs(txs, self.params.max_block_fraud_proofs);
         // The mempool judges against the tip state; the block also settles
         // and expires jobs at its start and replays its fraud proofs. A
         // transaction that fails there is left out, with the rest of its
@@ -960,6 +964,34 @@ impl Chain {
             height,
         })
     }
+}
+
+/// Keeps the first `max` fraud proofs of `txs` (selection order: the best
+/// paying first) and drops the rest, each with the later transactions of
+/// its sender, which may depend on it.
+fn cap_fraud_proofs(txs: Vec<SignedTx>, max: usize) -> Vec<SignedTx> {
+    let mut proofs = 0usize;
+    let mut cut: Vec<(Address, u64)> = Vec::new();
+    let mut kept = Vec::with_capacity(txs.len());
+    for tx in txs {
+        let from = tx.body.from;
+        let nonce = tx.body.nonce;
+        if cut
+            .iter()
+            .any(|(sender, first)| *sender == from && nonce >= *first)
+        {
+            continue;
+        }
+        if matches!(tx.body.kind, protocol::TxKind::FraudProof { .. }) {
+            if proofs >= max {
+                cut.push((from, nonce));
+                continue;
+            }
+            proofs = proofs.saturating_add(1);
+        }
+        kept.push(tx);
+    }
+    kept
 }
 
 /// The digest a node-local block failure was waiting for, if it says.
@@ -1095,6 +1127,60 @@ mod tests {
             4,
             "unknown locator falls back to genesis"
         );
+    }
+
+    #[test]
+    fn templates_carry_no_more_fraud_proofs_than_a_block_may() {
+        let proof = |from: u8, nonce: u64| SignedTx {
+            body: TxBody {
+                from: Address([from; 32]),
+                nonce,
+                fee: Amount(1),
+                kind: TxKind::FraudProof {
+                    job: protocol::JobId([7; 32]),
+                    claim: protocol::FraudClaim::InitialState {
+                        first: protocol::OpenedLeaf {
+                            leaf: protocol::SegmentLeaf {
+                                state: protocol::Digest([0; 32]),
+                                loss: protocol::F32Bits::from_f32(0.0),
+                            },
+                            path: Vec::new(),
+                        },
+                    },
+                },
+            },
+            signature: protocol::Signature([0; 64]),
+        };
+        let plain = |from: u8, nonce: u64| SignedTx {
+            body: TxBody {
+                from: Address([from; 32]),
+                nonce,
+                fee: Amount(1),
+                kind: TxKind::Transfer {
+                    to: Address([9; 32]),
+                    amount: Amount(1),
+                },
+            },
+            signature: protocol::Signature([0; 64]),
+        };
+        let txs = vec![
+            proof(1, 0),
+            plain(2, 0),
+            proof(3, 0),
+            proof(4, 0),
+            plain(4, 1),
+            plain(1, 1),
+            proof(5, 3),
+        ];
+        let kept = cap_fraud_proofs(txs, 2);
+        let shape: Vec<(u8, u64)> = kept
+            .iter()
+            .map(|tx| (tx.body.from.0[0], tx.body.nonce))
+            .collect();
+        // The first two proofs stay; the third and fourth go, with the
+        // transfer sender 4 sent after its proof; everything else stays.
+        assert_eq!(shape, vec![(1, 0), (2, 0), (3, 0), (1, 1)]);
+        assert_eq!(cap_fraud_proofs(kept.clone(), 4).len(), kept.len());
     }
 
     #[test]
