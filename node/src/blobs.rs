@@ -282,6 +282,20 @@ pub enum BlobError {
     BadWeights(String),
 }
 
+/// Refuses a blob of `kind` that is larger than that kind may be: the
+/// first check on anything put or uploaded, before any hashing or quota.
+fn check_size(kind: BlobKind, total: u64) -> Result<(), BlobError> {
+    let max = kind.max_bytes();
+    if total > max {
+        return Err(BlobError::TooLarge {
+            kind,
+            got: total,
+            max,
+        });
+    }
+    Ok(())
+}
+
 fn db_error(err: impl std::fmt::Display) -> BlobError {
     BlobError::Database(err.to_string())
 }
@@ -583,14 +597,7 @@ impl BlobStore {
     /// Storing a held blob again refreshes when it was stored.
     pub fn put(&self, kind: BlobKind, bytes: &[u8]) -> Result<Digest, BlobError> {
         let total = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-        let max = kind.max_bytes();
-        if total > max {
-            return Err(BlobError::TooLarge {
-                kind,
-                got: total,
-                max,
-            });
-        }
+        check_size(kind, total)?;
         let digest = sha256(bytes);
         let tensor = self.check_kind(kind, bytes)?;
         let chunks: Vec<&[u8]> = bytes.chunks(chunk_size()).collect();
@@ -737,14 +744,7 @@ impl BlobStore {
         kind: BlobKind,
         total: u64,
     ) -> Result<Option<BlobWriter>, BlobError> {
-        let max = kind.max_bytes();
-        if total > max {
-            return Err(BlobError::TooLarge {
-                kind,
-                got: total,
-                max,
-            });
-        }
+        check_size(kind, total)?;
         let reservation = self.reserve(Uploader::Rpc, total)?;
         let mut writer = self.begin(digest, kind, total)?;
         if let Some(writer) = &mut writer {
@@ -845,14 +845,7 @@ impl BlobStore {
         kind: BlobKind,
         total: u64,
     ) -> Result<Option<BlobWriter>, BlobError> {
-        let max = kind.max_bytes();
-        if total > max {
-            return Err(BlobError::TooLarge {
-                kind,
-                got: total,
-                max,
-            });
-        }
+        check_size(kind, total)?;
         if self.has(&digest) {
             return Ok(None);
         }
