@@ -1520,3 +1520,148 @@ fn job_with_invalid_spec_or_expiry_is_rejected() {
         .unwrap_err();
     assert!(matches!(job_error(err), JobError::BadExpiry { .. }));
 }
+
+// Header fields and block and transaction limits.
+
+#[test]
+fn header_with_another_version_is_rejected() {
+    let mut chain = TestChain::new();
+    let mut block = chain.template(vec![]).unwrap();
+    block.header.version = chain.params.block_version + 1;
+    TestChain::solve(&mut block);
+    let err = chain.connect(block.clone()).unwrap_err();
+    assert_eq!(
+        err,
+        BlockError::Header(HeaderError::Version {
+            got: chain.params.block_version + 1,
+            expected: chain.params.block_version,
+        })
+    );
+    // The same block with the chain's version connects.
+    block.header.version = chain.params.block_version;
+    TestChain::solve(&mut block);
+    chain.connect(block).unwrap();
+}
+
+#[test]
+fn header_on_another_parent_is_rejected() {
+    let mut chain = TestChain::new();
+    chain.mine(vec![]).unwrap();
+    let genesis = chain.blocks[0].hash();
+    let tip = chain.tip().hash();
+    // A block for height 2 that names genesis, not block 1, as its parent.
+    let mut block = chain.template(vec![]).unwrap();
+    block.header.prev = genesis;
+    TestChain::solve(&mut block);
+    let err = chain.connect(block).unwrap_err();
+    assert_eq!(
+        err,
+        BlockError::Header(HeaderError::WrongParent {
+            expected: tip,
+            got: genesis,
+        })
+    );
+    assert_eq!(chain.height(), Height(1));
+}
+
+/// A `PostJob` from the faucet whose spec has `layers` hidden layers: four
+/// encoded bytes each, so its size can be set to within four bytes.
+fn post_job_with_layers(layers: usize) -> protocol::SignedTx {
+    let mut wide = spec();
+    wide.model.hidden = vec![16; layers];
+    post_job_with(&faucet(), 0, wide, 100, 10)
+}
+
+#[test]
+fn transaction_over_the_size_limit_is_rejected() {
+    let mut chain = TestChain::new();
+    let max = chain.params.max_tx_bytes;
+    // The most layers that still fit, and one more.
+    let base = post_job_with_layers(1).encoded_len().unwrap();
+    let fits = 1 + (max - base) / 4;
+    let at_limit = post_job_with_layers(fits);
+    let over = post_job_with_layers(fits + 1);
+    let size = over.encoded_len().unwrap();
+    assert!(at_limit.encoded_len().unwrap() <= max && size > max);
+
+    let err = chain.template(vec![over.clone()]).unwrap_err();
+    assert_eq!(tx_error(err), TxError::TooLarge { size, max });
+    assert_eq!(
+        check_tx_stateless(&over, &chain.params),
+        Err(TxError::TooLarge { size, max })
+    );
+    // At the limit the size check passes; the spec check then refuses that
+    // many layers, which shows the size was not what failed.
+    let err = chain.template(vec![at_limit]).unwrap_err();
+    assert!(
+        matches!(
+            job_error(err),
+            JobError::InvalidSpec(JobSpecError::Bound {
+                field: "hidden layers",
+                ..
+            })
+        ),
+        "expected the spec check to be reached"
+    );
+}
+
+#[test]
+fn block_with_too_many_transactions_is_rejected() {
+    let mut chain = TestChain::new();
+    chain.params.max_block_txs = 3;
+    let to = addr(&key(1));
+    let txs: Vec<_> = (0..3)
+        .map(|nonce| transfer(&faucet(), nonce, to, 100, 1))
+        .collect();
+    // A coinbase and three transfers: one over the bound.
+    let mut block = chain.template(txs.clone()).unwrap();
+    TestChain::solve(&mut block);
+    let err = chain.connect(block).unwrap_err();
+    assert_eq!(err, BlockError::TooManyTxs { count: 4, max: 3 });
+    assert_eq!(chain.height(), Height::GENESIS);
+    // A coinbase and two transfers: at the bound, connected.
+    chain.mine(txs[..2].to_vec()).unwrap();
+    assert_eq!(chain.state.account(&to).balance, Amount(200));
+}
+
+#[test]
+fn block_over_the_size_limit_is_rejected() {
+    let mut chain = TestChain::new();
+    let txs = vec![
+        transfer(&faucet(), 0, addr(&key(1)), 100, 1),
+        transfer(&faucet(), 1, addr(&key(2)), 100, 1),
+    ];
+    let mut block = chain.template(txs).unwrap();
+    TestChain::solve(&mut block);
+    let size = block.encode().unwrap().len();
+    chain.params.max_block_bytes = size - 1;
+    let err = chain.connect(block.clone()).unwrap_err();
+    assert_eq!(
+        err,
+        BlockError::TooLarge {
+            size,
+            max: size - 1
+        }
+    );
+    assert_eq!(chain.height(), Height::GENESIS);
+    // Exactly at the bound is fine.
+    chain.params.max_block_bytes = size;
+    chain.connect(block).unwrap();
+}
+
+#[test]
+fn job_with_zero_bounty_is_rejected() {
+    let mut chain = TestChain::new();
+    let zero = post_job(&faucet(), 0, 0, 10);
+    assert_eq!(
+        check_tx_stateless(&zero, &chain.params),
+        Err(TxError::Job(JobError::ZeroBounty))
+    );
+    let err = chain.template(vec![zero]).unwrap_err();
+    assert_eq!(job_error(err), JobError::ZeroBounty);
+    // The smallest positive bounty is posted.
+    let one = post_job(&faucet(), 0, 1, 10);
+    let job = JobId::from(one.id().unwrap());
+    chain.mine(vec![one]).unwrap();
+    assert_eq!(chain.state.job(&job).unwrap().bounty, Amount(1));
+}
