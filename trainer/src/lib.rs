@@ -11,13 +11,15 @@
 //! depends on the machine is replaced by a custom op with a fixed order of
 //! IEEE operations ([`ops`], [`kernels`]), and the training step runs those
 //! ops' forward and backward passes fused over reused buffers ([`step`]),
-//! bit for bit what candle autograd over the ops gives. This crate
-//! must never talk to a node directly (that goes through the peer RPC) and
-//! never let time, threads or the environment reach a result.
+//! bit for bit what candle autograd over the ops gives. The node's HTTP
+//! API is reached only through [`client`], which the CLIs use; training,
+//! replay and verification must never call it, and must never let time,
+//! threads or the environment reach a result.
 
 pub mod bench;
 pub mod bench_verify;
 pub mod cheat;
+pub mod client;
 pub mod dataset;
 pub mod kernels;
 pub mod model;
