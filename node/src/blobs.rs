@@ -138,6 +138,8 @@ pub const PEER_FETCH_QUOTA: QuotaPolicy = QuotaPolicy {
 pub enum Uploader {
     /// Any RPC client.
     Rpc,
+    /// An HTTP API client, by address.
+    Client(std::net::IpAddr),
     /// A peer serving a blob this node fetches.
     Peer(PeerId),
 }
@@ -172,13 +174,14 @@ pub struct QuotaExceeded {
 fn uploader_name(uploader: &Uploader) -> String {
     match uploader {
         Uploader::Rpc => "an RPC upload".into(),
+        Uploader::Client(ip) => format!("an upload from {ip}"),
         Uploader::Peer(peer) => format!("a fetch from peer {peer}"),
     }
 }
 
 fn limit_name(uploader: &Uploader, limit: &QuotaLimit, window: &Duration) -> String {
     let quota = match uploader {
-        Uploader::Rpc => "RPC_UPLOAD_QUOTA",
+        Uploader::Rpc | Uploader::Client(_) => "RPC_UPLOAD_QUOTA",
         Uploader::Peer(_) => "PEER_FETCH_QUOTA",
     };
     match limit {
@@ -529,6 +532,20 @@ impl BlobStore {
         }
     }
 
+    /// Bytes of the blobs held (records of finished blobs; unfinished
+    /// transfers are bounded by the quotas instead).
+    pub fn held_bytes(&self) -> Result<u64, BlobError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let records = txn.open_table(RECORDS).map_err(db_error)?;
+        let mut total = 0u64;
+        for row in records.iter().map_err(db_error)? {
+            let (key, value) = row.map_err(db_error)?;
+            let record = BlobRecord::decode(&Digest(*key.value()), value.value())?;
+            total = total.saturating_add(record.total);
+        }
+        Ok(total)
+    }
+
     /// Counts `bytes` against `uploader`'s quota until the returned
     /// reservation is dropped; refuses when a bound would be passed.
     pub fn reserve(
@@ -540,7 +557,7 @@ impl BlobStore {
         let mut guard = lock(&self.shared.quotas);
         let quotas = &mut *guard;
         let policy = match uploader {
-            Uploader::Rpc => quotas.rpc_policy,
+            Uploader::Rpc | Uploader::Client(_) => quotas.rpc_policy,
             Uploader::Peer(_) => quotas.peer_policy,
         };
         // Forget peers with nothing in flight and a spent window, so the

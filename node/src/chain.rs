@@ -206,6 +206,8 @@ pub struct TipSnapshot {
     pub state_root: protocol::StateRoot,
     /// Transactions waiting.
     pub mempool: usize,
+    /// Their encoded bytes.
+    pub mempool_bytes: usize,
     /// Bumped on every mempool change, so a miner knows to rebuild.
     pub mempool_version: u64,
 }
@@ -264,6 +266,46 @@ pub struct Chain {
     /// Blocks whose parking was logged, so a retry that parks them again
     /// stays quiet.
     parked_logged: HashSet<BlockHash>,
+    /// What changed on the main chain since [`Chain::take_notes`] was last
+    /// called, oldest first: what the chain task turns into events and
+    /// metrics. Bounded by [`MAX_NOTES`].
+    notes: Vec<ChainNote>,
+}
+
+/// Most [`ChainNote`]s kept between two [`Chain::take_notes`]; older ones are
+/// dropped (a deep reorg could otherwise produce one per block).
+pub const MAX_NOTES: usize = 4096;
+
+/// A change of the main chain, for observers (events, metrics).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChainNote {
+    /// A block joined the main chain.
+    Connected {
+        /// Its height.
+        height: Height,
+        /// Its hash.
+        hash: BlockHash,
+        /// Header time.
+        time: u32,
+        /// Transactions, the coinbase included.
+        txs: usize,
+        /// Encoded bytes.
+        bytes: usize,
+        /// The coinbase's recipient.
+        miner: Address,
+        /// The jobs the block changed, with their new status
+        /// (`None`: removed).
+        jobs: Vec<(JobId, Option<protocol::state::JobStatus>)>,
+        /// Outcomes of the fraud proofs the block carried.
+        challenges: Vec<protocol::ChallengeOutcome>,
+    },
+    /// A block left the main chain.
+    Disconnected {
+        /// Its height.
+        height: Height,
+        /// Its hash.
+        hash: BlockHash,
+    },
 }
 
 impl std::fmt::Debug for Chain {
@@ -332,6 +374,7 @@ impl Chain {
             next_seq,
             parked: HashMap::new(),
             parked_logged: HashSet::new(),
+            notes: Vec::new(),
         };
         if let Some(best) = chain.best_candidate() {
             if chain.index.get(&best).map(|e| e.work) > Some(chain.total_work()) {
@@ -391,6 +434,7 @@ impl Chain {
                 .map(|e| e.header.state_root)
                 .unwrap_or_default(),
             mempool: self.mempool.len(),
+            mempool_bytes: self.mempool.bytes(),
             mempool_version: self.mempool_version,
         }
     }
@@ -783,11 +827,37 @@ impl Chain {
             Err(source) => return Ok(Err(source)),
         };
         let delta = StateDelta::after(&self.state, &undo);
-        if let Err(err) = self.store.connect(hash, height, &undo, &delta) {
+        if let Err(err) = self.store.connect(&block, hash, height, &undo, &delta) {
             undo_block(&mut self.state, &undo);
             return Err(err.into());
         }
         self.main.push(*hash);
+        self.note(ChainNote::Connected {
+            height,
+            hash: *hash,
+            time: block.header.time,
+            txs: block.txs.len(),
+            bytes: protocol::codec::encode(&block)
+                .map(|b| b.len())
+                .unwrap_or(0),
+            miner: match block.txs.first() {
+                Some(Transaction::Coinbase(cb)) => cb.miner,
+                _ => Address::ZERO,
+            },
+            jobs: delta
+                .jobs
+                .iter()
+                .map(|(id, job)| (*id, job.as_ref().map(|j| j.status.clone())))
+                .collect(),
+            challenges: delta
+                .jobs
+                .iter()
+                .filter_map(|(_, job)| job.as_ref())
+                .flat_map(|job| job.challenges.iter())
+                .filter(|c| c.height == height)
+                .map(|c| c.outcome)
+                .collect(),
+        });
         for tx in &block.txs {
             if let Ok(id) = tx.id() {
                 self.mempool.remove(&id);
@@ -808,11 +878,75 @@ impl Chain {
         let mut rolled = self.state.clone();
         undo_block(&mut rolled, &undo);
         let delta = StateDelta::after(&rolled, &undo);
-        self.store
-            .disconnect(&hash, height, &block.header.prev, &delta)?;
+        self.store.disconnect(&block, &hash, height, &delta)?;
         self.state = rolled;
         self.main.pop();
+        self.note(ChainNote::Disconnected { height, hash });
         Ok(block)
+    }
+
+    fn note(&mut self, note: ChainNote) {
+        if self.notes.len() >= MAX_NOTES {
+            self.notes.remove(0);
+        }
+        self.notes.push(note);
+    }
+
+    /// The network's hash rate estimated over the last `blocks` main-chain
+    /// blocks after genesis: their work over the time they took (0 with
+    /// fewer than two such blocks or no time between them).
+    pub fn network_hashrate(&self, blocks: u64) -> f64 {
+        // Genesis is left out: its time is the chain's birth, not a block's
+        // solve time.
+        let top = self.height();
+        let bottom = Height(top.0.saturating_sub(blocks).max(1));
+        if bottom >= top {
+            return 0.0;
+        }
+        let (Some(top_hash), Some(bottom_hash)) = (self.hash_at(top), self.hash_at(bottom)) else {
+            return 0.0;
+        };
+        let (Some(top), Some(bottom)) = (self.index.get(&top_hash), self.index.get(&bottom_hash))
+        else {
+            return 0.0;
+        };
+        let seconds = top.header.time.saturating_sub(bottom.header.time);
+        if seconds == 0 {
+            return 0.0;
+        }
+        let work = top.work.checked_sub(bottom.work).unwrap_or(Work::ZERO);
+        crate::metrics::work_f64(&work) / f64::from(seconds)
+    }
+
+    /// What changed on the main chain since the last call, oldest first.
+    pub fn take_notes(&mut self) -> Vec<ChainNote> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// A transaction by id: from the mempool, or from the main chain with
+    /// its block's hash and height.
+    pub fn transaction(
+        &self,
+        id: &TxId,
+    ) -> Result<Option<(Transaction, Option<(BlockHash, Height)>)>, ChainError> {
+        if let Some(tx) = self.mempool.get(id) {
+            return Ok(Some((Transaction::Signed(tx.clone()), None)));
+        }
+        let Some(place) = self.store.tx_place(id)? else {
+            return Ok(None);
+        };
+        // The index is written with the main chain; check it still agrees.
+        if self.hash_at(place.height) != Some(place.block) {
+            return Ok(None);
+        }
+        let Some(block) = self.store.block(&place.block)? else {
+            return Ok(None);
+        };
+        let tx = usize::try_from(place.position)
+            .ok()
+            .and_then(|i| block.txs.get(i))
+            .cloned();
+        Ok(tx.map(|tx| (tx, Some((place.block, place.height)))))
     }
 
     /// Blocks parked for want of data, with the digest each was missing when

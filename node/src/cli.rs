@@ -6,7 +6,8 @@
 //! here. Errors end as one line on stderr and a non-zero exit. `--json` prints exactly one JSON object on stdout. The
 //! config file for `run --config` is TOML with the same keys as the flags
 //! (`data_dir`, `chain`, `listen`, `bootstrap`, `mine`, `miner_address`,
-//! `mining_threads`, `mine_interval_ms`, `log_format`); flags win over it.
+//! `mining_threads`, `mine_interval_ms`, `log_format`, `audit_fraction`,
+//! `audit_key`, `http`, `no_http`, `http_token_file`); flags win over it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -223,6 +224,17 @@ struct RunArgs {
     /// kept in the data dir).
     #[arg(long)]
     audit_key: Option<PathBuf>,
+    /// Address of the HTTP API (REST, events, /metrics, dashboard)
+    /// [default: 127.0.0.1:9701].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_http")]
+    http: Option<std::net::SocketAddr>,
+    /// Serve no HTTP API.
+    #[arg(long)]
+    no_http: bool,
+    /// File holding the bearer token the HTTP write routes require; needed
+    /// to bind any address but loopback.
+    #[arg(long, value_name = "FILE")]
+    http_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,6 +253,9 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     audit_fraction: Option<f64>,
     audit_key: Option<PathBuf>,
+    http: Option<String>,
+    no_http: Option<bool>,
+    http_token_file: Option<PathBuf>,
 }
 
 /// Runs the command line; the binary's whole `main`.
@@ -502,6 +517,24 @@ fn node_config(args: RunArgs) -> anyhow::Result<(NodeConfig, LogFormat)> {
         None => keys::default_miner_key(&config.data_dir)?,
     };
     config.audit.key = Some(std::sync::Arc::new(audit_key));
+    if args.no_http || file.no_http.unwrap_or(false) {
+        config.http = None;
+    } else if let Some(addr) = args.http {
+        config.http = Some(addr);
+    } else if let Some(text) = &file.http {
+        config.http = Some(text.parse().map_err(|_| {
+            anyhow!("config file: http {text:?} is not an address such as 127.0.0.1:9701")
+        })?);
+    }
+    if let Some(path) = args.http_token_file.or(file.http_token_file) {
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("--http-token-file {}", path.display()))?;
+        let token = token.trim();
+        if token.is_empty() {
+            bail!("--http-token-file {} is empty, expected a token of at least 16 characters", path.display());
+        }
+        config.http_token = Some(token.to_owned());
+    }
     let log_format = args
         .log_format
         .or(file.log_format)

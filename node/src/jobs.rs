@@ -36,8 +36,11 @@ use protocol::{
 use tokio::sync::{watch, Semaphore};
 
 use crate::blobs::{self, BlobStore};
+use crate::metrics::label;
 use crate::net::network::{NetworkClient, Topic};
+use crate::observe::Observer;
 use crate::service::ChainHandle;
+use protocol::api::AuditView;
 
 /// How often parked blocks are retried and pending results looked for,
 /// besides every new tip.
@@ -257,6 +260,7 @@ pub async fn run_auditor(
     ctx: JobsContext,
     config: AuditConfig,
     stats: Arc<AuditStats>,
+    observer: Arc<Observer>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tips = ctx.chain.watch_tip();
@@ -286,20 +290,35 @@ pub async fn run_auditor(
             if !started.insert(pending.tx) {
                 continue;
             }
-            let (ctx, config, stats, pool, retry) = (
+            let (ctx, config, stats, pool, retry, observer) = (
                 ctx.clone(),
                 config.clone(),
                 stats.clone(),
                 pool.clone(),
                 retry_tx.clone(),
+                observer.clone(),
             );
             tokio::spawn(async move {
                 let Ok(_permit) = pool.acquire_owned().await else {
                     return;
                 };
                 let tx = pending.tx;
-                if let Err(reason) = audit_one(&ctx, &config, &stats, pending).await {
+                let job = pending.job;
+                if let Err(reason) = audit_one(&ctx, &config, &stats, &observer, pending).await {
                     tracing::info!(result = %tx, %reason, "audit postponed");
+                    observer
+                        .metrics
+                        .audits
+                        .get_or_create(&label("outcome", "postponed"))
+                        .inc();
+                    observer.audit(
+                        job,
+                        AuditView {
+                            state: "waiting_for_data".into(),
+                            tx: Some(tx.to_string()),
+                            ..AuditView::default()
+                        },
+                    );
                     let _ = retry.send(tx);
                 }
             });
@@ -349,6 +368,7 @@ async fn audit_one(
     ctx: &JobsContext,
     config: &AuditConfig,
     stats: &AuditStats,
+    observer: &Observer,
     pending: Pending,
 ) -> Result<(), String> {
     let spec = pending.record.spec.clone();
@@ -359,6 +379,14 @@ async fn audit_one(
         .map_err(|e| format!("dataset {dataset_digest}: {e}"))?;
     // Local randomness: the worker cannot know which segments are replayed.
     let sample = trainer::verify::sample_segments(spec.segments, config.fraction, rand::random());
+    let sampled = u32::try_from(sample.len()).unwrap_or(u32::MAX);
+    let mut view = AuditView {
+        state: "auditing".into(),
+        tx: Some(pending.tx.to_string()),
+        sampled,
+        ..AuditView::default()
+    };
+    observer.audit(pending.job, view.clone());
     // The states the sample starts from, fetched ahead so the blocking
     // replay reads only the local store; a state nobody serves is replayed
     // from an earlier one instead.
@@ -402,6 +430,11 @@ async fn audit_one(
     .await
     .map_err(|e| e.to_string())??;
     let elapsed_ms = started.elapsed().as_millis();
+    observer
+        .metrics
+        .audit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    view.replayed = report.segments_replayed;
     stats.audits.fetch_add(1, Ordering::Relaxed);
     stats
         .segments_replayed
@@ -412,6 +445,14 @@ async fn audit_one(
             segments = spec.segments, replayed = report.segments_replayed, elapsed_ms,
             "audit passed"
         );
+        view.state = "passed".into();
+        view.agreed = report.segments_replayed;
+        observer.audit(pending.job, view);
+        observer
+            .metrics
+            .audits
+            .get_or_create(&label("outcome", "passed"))
+            .inc();
         return Ok(());
     };
     let claim = match &fault {
@@ -453,22 +494,41 @@ async fn audit_one(
         job = %pending.job, worker = %pending.worker, segment, replayed = report.segments_replayed,
         elapsed_ms, "audit found a false result"
     );
+    view.state = "fraud_found".into();
+    view.fault_segment = Some(segment);
+    view.agreed = report.segments_replayed.saturating_sub(1);
+    observer
+        .metrics
+        .audits
+        .get_or_create(&label("outcome", "fraud_found"))
+        .inc();
     let Some(key) = &config.key else {
         tracing::warn!(job = %pending.job, "no audit key: not challenging");
+        observer.audit(pending.job, view);
         return Ok(());
     };
-    submit_fraud_proof(ctx, key, pending.job, claim).await?;
-    stats.fraud_proofs.fetch_add(1, Ordering::Relaxed);
+    let sent = submit_fraud_proof(ctx, key, pending.job, claim).await?;
+    if let Some(id) = sent {
+        stats.fraud_proofs.fetch_add(1, Ordering::Relaxed);
+        observer
+            .metrics
+            .fraud_proofs
+            .get_or_create(&label("outcome", "sent"))
+            .inc();
+        view.fraud_proof = Some(id.to_string());
+    }
+    observer.audit(pending.job, view);
     Ok(())
 }
 
-/// Signs a fraud proof with `key`, offers it to the mempool and gossips it.
+/// Signs a fraud proof with `key`, offers it to the mempool and gossips it;
+/// its id when the mempool took it.
 async fn submit_fraud_proof(
     ctx: &JobsContext,
     key: &SigningKey,
     job: JobId,
     claim: FraudClaim,
-) -> Result<(), String> {
+) -> Result<Option<TxId>, String> {
     let challenger = address_of(key);
     let nonce = ctx
         .chain
@@ -488,11 +548,11 @@ async fn submit_fraud_proof(
         Ok(id) => {
             tracing::warn!(%job, %challenger, tx = %id, bond = ctx.params.fraud_proof_bond.0, "fraud proof submitted");
             ctx.network.publish(Topic::Txs, bytes);
-            Ok(())
+            Ok(Some(id))
         }
         Err(err) => {
             tracing::warn!(%job, %challenger, reason = %err, "fraud proof refused by the mempool");
-            Ok(())
+            Ok(None)
         }
     }
 }

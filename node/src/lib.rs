@@ -3,7 +3,9 @@
 //!
 //! One chain task ([`service`]) owns the chain, mempool and store
 //! ([`chain`], [`mempool`], [`store`]); one event loop ([`net::network`])
-//! owns the libp2p swarm; the miner ([`miner`]) hashes on OS threads. They
+//! owns the libp2p swarm; the miner ([`miner`]) hashes on OS threads; the
+//! HTTP API ([`http`]) serves clients, the dashboard and `/metrics`, and
+//! [`observe`] carries events and metrics out of all of them. They
 //! talk through command enums with oneshot replies and watch channels, never
 //! through shared locks on chain state. Consensus rules come from the
 //! `protocol` crate and are never reimplemented here; this crate must never
@@ -13,13 +15,16 @@ pub mod bench;
 pub mod blobs;
 pub mod chain;
 pub mod cli;
+pub mod http;
 pub mod jobs;
 pub mod keys;
 pub mod mempool;
+pub mod metrics;
 pub mod miner;
 pub mod net;
 pub mod node;
 pub mod nonce_scan;
+pub mod observe;
 pub mod rpc_client;
 pub mod service;
 pub mod store;

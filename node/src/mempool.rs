@@ -129,6 +129,16 @@ impl Mempool {
         }
     }
 
+    /// Encoded bytes of the transactions held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// A held transaction.
+    pub fn get(&self, id: &TxId) -> Option<&SignedTx> {
+        self.entries.get(id).map(|entry| &entry.tx)
+    }
+
     /// Number of transactions held.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -1,12 +1,13 @@
 //! Wiring: builds the chain task, the network event loop, the sync driver,
-//! the gossip/RPC dispatcher, the parked-block data fetcher, the auditor and
-//! the miner from a [`NodeConfig`], and stops them in order.
+//! the gossip dispatcher, the parked-block data fetcher, the auditor, the
+//! miner and the HTTP API from a [`NodeConfig`], and stops them in order.
 //!
 //! [`run`] takes the shutdown signal as an argument (SIGINT/SIGTERM in the
 //! binary, a channel in tests); [`start`] returns a [`RunningNode`] whose
 //! handles tests drive directly. Nothing here makes consensus decisions.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::blobs::{self, BlobError, BlobStore, BLOB_FILE};
 use crate::chain::{Chain, ChainError, SharedVerifier};
+use crate::http::{HttpConfig, HttpError, HttpState};
 use crate::jobs::{self, AuditConfig, AuditStats, JobsContext};
 use crate::keys::{self, KeyError};
 use crate::mempool::MempoolLimits;
@@ -27,6 +29,7 @@ use crate::miner::{Miner, MinerConfig, MinerStats};
 use crate::net::handlers::{self, Context};
 use crate::net::network::{self, NetError, NetworkClient, NetworkConfig, NetworkEvent, Topic};
 use crate::net::sync::{SyncDriver, SyncTrigger};
+use crate::observe::Observer;
 use crate::service::{self, ChainHandle, ChainTask};
 use crate::verifier::NodeVerifier;
 
@@ -61,7 +64,17 @@ pub struct NodeConfig {
     pub mempool: MempoolLimits,
     /// How pending results are audited.
     pub audit: AuditConfig,
+    /// Where the HTTP API listens; `None` turns it off.
+    pub http: Option<SocketAddr>,
+    /// The bearer token its write routes require (required off loopback).
+    pub http_token: Option<String>,
 }
+
+/// Where the HTTP API listens unless told otherwise.
+pub const DEFAULT_HTTP: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    protocol::api::DEFAULT_HTTP_PORT,
+);
 
 /// Share of a result's segments a node replays unless told otherwise: with
 /// three auditors at 0.1, a worker faking half of 64 segments escapes with a
@@ -103,6 +116,8 @@ impl NodeConfig {
                 fraction: DEFAULT_AUDIT_FRACTION,
                 key: None,
             },
+            http: Some(DEFAULT_HTTP),
+            http_token: None,
         }
     }
 }
@@ -130,6 +145,9 @@ pub enum NodeError {
     /// The network could not start.
     #[error(transparent)]
     Network(#[from] NetError),
+    /// The HTTP API could not start.
+    #[error(transparent)]
+    Http(#[from] HttpError),
     /// A thread or task could not start.
     #[error("cannot start a task: {0}")]
     Spawn(String),
@@ -145,6 +163,8 @@ pub struct RunningNode {
     blobs: BlobStore,
     replay: Arc<NodeVerifier>,
     audit_stats: Arc<AuditStats>,
+    observer: Arc<Observer>,
+    http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     miner: Option<Miner>,
@@ -209,6 +229,21 @@ impl RunningNode {
         &self.miner_stats
     }
 
+    /// Events, metrics and what the HTTP API remembers.
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
+    }
+
+    /// The HTTP API's address, as bound; `None` when it is off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The HTTP API's base URL, such as `http://127.0.0.1:9701`.
+    pub fn http_url(&self) -> Option<String> {
+        self.http_addr.map(|addr| format!("http://{addr}"))
+    }
+
     /// Stops mining, keeping the node running.
     pub async fn stop_mining(&mut self) {
         if let Some(miner) = self.miner.take() {
@@ -237,6 +272,24 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         path: config.data_dir.clone(),
         source,
     })?;
+    // The HTTP address is checked (and bound) before anything is opened,
+    // so a refused configuration leaves nothing behind.
+    let http_listener = match config.http {
+        Some(addr) => Some(
+            crate::http::bind(&HttpConfig {
+                addr,
+                token: config.http_token.clone(),
+            })
+            .await?,
+        ),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let observer = Arc::new(Observer::new(crate::metrics::Metrics::register(
+        &mut registry,
+    )));
+    let p2p_metrics = Arc::new(libp2p::metrics::Metrics::new(&mut registry));
     let keypair = keys::node_identity(&config.data_dir)?;
     let peer_id = keypair.public().to_peer_id();
     let store_path = config.data_dir.join(STORE_FILE);
@@ -246,6 +299,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))??;
     let replay = NodeVerifier::new(blobs.clone());
+    replay.record_into(observer.metrics.replay_seconds.clone());
     let verifier: SharedVerifier = match &config.verifier {
         Some(verifier) => verifier.clone(),
         None => replay.clone(),
@@ -262,13 +316,15 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         %peer_id,
         "chain loaded"
     );
-    let (chain, chain_task) = service::spawn(chain).map_err(|e| NodeError::Spawn(e.to_string()))?;
+    let (chain, chain_task) = service::spawn_observed(chain, observer.clone())
+        .map_err(|e| NodeError::Spawn(e.to_string()))?;
     let max_gossip = config.params.max_block_bytes.saturating_add(64 * 1024);
     let (network, event_loop, mut events, listen_addrs) = match network::start(NetworkConfig {
         keypair,
         listen: config.listen.clone(),
         bootstrap: config.bootstrap.clone(),
         max_gossip_bytes: max_gossip,
+        metrics: Some(p2p_metrics),
     })
     .await
     {
@@ -322,6 +378,20 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             jobs_ctx,
             config.audit.clone(),
             audit_stats.clone(),
+            observer.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    if let Some(listener) = http_listener {
+        let state = HttpState {
+            ctx: ctx.clone(),
+            observer: observer.clone(),
+            registry: Arc::new(registry),
+            token: config.http_token.as_deref().map(|t| Arc::from(t.trim())),
+        };
+        tasks.push(tokio::spawn(crate::http::serve(
+            listener,
+            state,
             shutdown_rx.clone(),
         )));
     }
@@ -363,9 +433,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                         ticket,
                         data,
                     ));
-                }
-                NetworkEvent::RpcRequest { ticket, data } => {
-                    tokio::spawn(handlers::on_rpc_request(ctx.clone(), ticket, data));
                 }
             }
         }
@@ -410,6 +477,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         blobs,
         replay,
         audit_stats,
+        observer,
+        http_addr,
         shutdown,
         tasks,
         miner,

@@ -7,14 +7,17 @@
 //! block, so they run on this dedicated thread and never on the async
 //! executor. Nothing else may own or lock the chain.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use protocol::rpc::{BalanceInfo, BlockInfo, BlockRef};
 use protocol::{Address, Block, BlockHash, Header, Height, JobId, JobRecord, SignedTx, TxId};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::chain::{BlockOutcome, BlockTemplate, Chain, ChainError, TipSnapshot};
+use crate::chain::{BlockOutcome, BlockTemplate, Chain, ChainError, ChainNote, TipSnapshot};
 use crate::mempool::MempoolError;
+use crate::metrics::label;
+use crate::observe::{unix_seconds, Event, Observer};
 
 /// Where a block came from, for logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,7 +101,95 @@ enum Command {
         address: Address,
         reply: oneshot::Sender<u64>,
     },
+    BlocksPage {
+        from: Option<Height>,
+        count: u64,
+        reply: oneshot::Sender<Result<Vec<BlockSummaryRow>, ChainError>>,
+    },
+    Transaction {
+        id: TxId,
+        reply: oneshot::Sender<Result<Option<TxFound>, ChainError>>,
+    },
+    JobsPage {
+        status: Option<JobStatusKind>,
+        after: Option<JobId>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<(JobId, JobRecord)>>,
+    },
+    MempoolInfo {
+        max_ids: usize,
+        reply: oneshot::Sender<MempoolInfo>,
+    },
+    JobCounts {
+        reply: oneshot::Sender<[u64; 4]>,
+    },
+    NetworkHashrate {
+        reply: oneshot::Sender<f64>,
+    },
     Shutdown,
+}
+
+/// A main-chain block, summarised for lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockSummaryRow {
+    /// Its height.
+    pub height: Height,
+    /// Its hash.
+    pub hash: BlockHash,
+    /// Header time.
+    pub time: u32,
+    /// Transactions, the coinbase included.
+    pub txs: usize,
+    /// Encoded bytes.
+    pub bytes: usize,
+    /// The coinbase's recipient.
+    pub miner: Address,
+}
+
+/// A transaction found by id, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxFound {
+    /// The transaction.
+    pub tx: protocol::Transaction,
+    /// Its main-chain block and that block's height; `None` in the mempool.
+    pub block: Option<(BlockHash, Height)>,
+}
+
+/// A job status without its data, to filter lists by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobStatusKind {
+    /// Open.
+    Open,
+    /// A result awaits its challenge window.
+    Pending,
+    /// Paid.
+    Fulfilled,
+    /// Expired unanswered.
+    Expired,
+}
+
+impl JobStatusKind {
+    /// Whether `status` is of this kind.
+    pub fn matches(self, status: &protocol::JobStatus) -> bool {
+        matches!(
+            (self, status),
+            (Self::Open, protocol::JobStatus::Open)
+                | (Self::Pending, protocol::JobStatus::Pending { .. })
+                | (Self::Fulfilled, protocol::JobStatus::Fulfilled { .. })
+                | (Self::Expired, protocol::JobStatus::Expired { .. })
+        )
+    }
+}
+
+/// The mempool in numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MempoolInfo {
+    /// Transactions held.
+    pub count: usize,
+    /// Their encoded bytes.
+    pub bytes: usize,
+    /// Ids, at most the number asked for.
+    pub ids: Vec<TxId>,
 }
 
 /// A cloneable handle to the chain task.
@@ -139,13 +230,22 @@ fn unix_now() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-/// Starts the chain task on its own thread.
+/// Starts the chain task on its own thread, observed by nobody.
 pub fn spawn(chain: Chain) -> std::io::Result<(ChainHandle, ChainTask)> {
+    spawn_observed(chain, Arc::new(Observer::default()))
+}
+
+/// Starts the chain task on its own thread; it reports blocks, reorgs,
+/// transactions and job changes to `observer`.
+pub fn spawn_observed(
+    chain: Chain,
+    observer: Arc<Observer>,
+) -> std::io::Result<(ChainHandle, ChainTask)> {
     let (commands, receiver) = mpsc::channel(1024);
     let (tip_tx, tip) = watch::channel(chain.snapshot());
     let thread = std::thread::Builder::new()
         .name("chain".into())
-        .spawn(move || run_chain(chain, receiver, tip_tx))?;
+        .spawn(move || run_chain(chain, receiver, tip_tx, &observer))?;
     Ok((
         ChainHandle {
             commands: commands.clone(),
@@ -162,6 +262,7 @@ fn run_chain(
     mut chain: Chain,
     mut receiver: mpsc::Receiver<Command>,
     tip: watch::Sender<TipSnapshot>,
+    observer: &Observer,
 ) {
     while let Some(command) = receiver.blocking_recv() {
         match command {
@@ -176,10 +277,15 @@ fn run_chain(
                 let result = chain.process_block(*block, unix_now());
                 let validate_us = started.elapsed().as_micros();
                 log_block(&chain, &source, hash, &result, validate_us);
+                count_block(observer, &source, &result);
                 let _ = reply.send(result);
             }
             Command::SubmitTx { tx, reply } => {
-                let _ = reply.send(chain.submit_tx(*tx));
+                let view =
+                    protocol::api::TxView::new(&protocol::Transaction::Signed((*tx).clone()));
+                let result = chain.submit_tx((*tx).clone());
+                report_tx(observer, &tx, view, &result);
+                let _ = reply.send(result);
             }
             Command::Template { miner, reply } => {
                 let _ = reply.send(chain.template(miner, unix_now()));
@@ -247,6 +353,62 @@ fn run_chain(
             Command::NextNonce { address, reply } => {
                 let _ = reply.send(chain.next_nonce(&address));
             }
+            Command::BlocksPage { from, count, reply } => {
+                let _ = reply.send(blocks_page(&chain, from, count));
+            }
+            Command::Transaction { id, reply } => {
+                let found = chain
+                    .transaction(&id)
+                    .map(|found| found.map(|(tx, block)| TxFound { tx, block }));
+                let _ = reply.send(found);
+            }
+            Command::JobsPage {
+                status,
+                after,
+                limit,
+                reply,
+            } => {
+                let jobs = chain
+                    .state()
+                    .jobs_after(after.as_ref())
+                    .filter(|(_, job)| status.is_none_or(|s| s.matches(&job.status)))
+                    .take(limit)
+                    .map(|(id, job)| (*id, job.clone()))
+                    .collect();
+                let _ = reply.send(jobs);
+            }
+            Command::MempoolInfo { max_ids, reply } => {
+                let mempool = chain.mempool();
+                let mut ids = mempool.ids();
+                ids.sort();
+                ids.truncate(max_ids);
+                let _ = reply.send(MempoolInfo {
+                    count: mempool.len(),
+                    bytes: mempool.bytes(),
+                    ids,
+                });
+            }
+            Command::JobCounts { reply } => {
+                let mut counts = [0u64; 4];
+                for (_, job) in chain.state().jobs() {
+                    let slot = match job.status {
+                        protocol::JobStatus::Open => 0,
+                        protocol::JobStatus::Pending { .. } => 1,
+                        protocol::JobStatus::Fulfilled { .. } => 2,
+                        protocol::JobStatus::Expired { .. } => 3,
+                    };
+                    if let Some(count) = counts.get_mut(slot) {
+                        *count = count.saturating_add(1);
+                    }
+                }
+                let _ = reply.send(counts);
+            }
+            Command::NetworkHashrate { reply } => {
+                let _ = reply.send(chain.network_hashrate(NETWORK_HASHRATE_BLOCKS));
+            }
+        }
+        for note in chain.take_notes() {
+            report_note(observer, note);
         }
         let snapshot = chain.snapshot();
         tip.send_if_modified(|current| {
@@ -258,6 +420,171 @@ fn run_chain(
             }
         });
     }
+}
+
+/// Blocks the network hash rate is estimated over.
+pub const NETWORK_HASHRATE_BLOCKS: u64 = 20;
+
+/// Counts a block handed to the chain, by outcome.
+fn count_block(
+    observer: &Observer,
+    source: &BlockSource,
+    result: &Result<BlockOutcome, ChainError>,
+) {
+    let metrics = &observer.metrics;
+    match result {
+        Ok(BlockOutcome::NewTip {
+            reorg,
+            hash,
+            height,
+            ..
+        }) => {
+            metrics.blocks_accepted.inc();
+            if *source == BlockSource::Mined {
+                metrics.blocks_mined.inc();
+            }
+            if let Some(reorg) = reorg {
+                metrics.reorgs.inc();
+                #[allow(clippy::cast_precision_loss)]
+                metrics.reorg_depth.observe(reorg.depth as f64);
+                observer.publish(Event::Reorg(protocol::api::ReorgEvent {
+                    depth: reorg.depth,
+                    old_tip: reorg.old_tip.to_string(),
+                    new_tip: hash.to_string(),
+                    height: height.0,
+                }));
+            }
+        }
+        Ok(BlockOutcome::SideChain { .. }) => {
+            metrics.blocks_accepted.inc();
+        }
+        Ok(BlockOutcome::AlreadyKnown | BlockOutcome::Orphan { .. }) => {}
+        Err(err) => {
+            let reason = match err {
+                ChainError::InvalidHeader { .. } => "invalid_header",
+                ChainError::InvalidBlock { .. } => "invalid_block",
+                ChainError::KnownInvalid { .. } => "known_invalid",
+                ChainError::AwaitingData { .. } => "awaiting_data",
+                ChainError::Store(_) => "store",
+            };
+            metrics
+                .blocks_rejected
+                .get_or_create(&label("reason", reason))
+                .inc();
+        }
+    }
+}
+
+/// Publishes a transaction offered to the mempool, and remembers a refused
+/// result for its job's "why was I not paid" answer.
+fn report_tx(
+    observer: &Observer,
+    tx: &SignedTx,
+    view: protocol::api::TxView,
+    result: &Result<TxId, MempoolError>,
+) {
+    if matches!(result, Err(MempoolError::AlreadyKnown(_))) {
+        return;
+    }
+    let reason = result.as_ref().err().map(ToString::to_string);
+    if let (protocol::TxKind::SubmitResult { job, .. }, Some(reason)) = (&tx.body.kind, &reason) {
+        observer.rejected(
+            *job,
+            protocol::api::RejectionView {
+                tx: view.id.clone(),
+                worker: tx.body.from.to_string(),
+                reason: reason.clone(),
+                time: unix_seconds(),
+            },
+        );
+    }
+    observer.publish(Event::Tx(protocol::api::TxEvent {
+        id: view.id,
+        kind: view.kind,
+        accepted: result.is_ok(),
+        reason,
+    }));
+}
+
+/// Publishes a main-chain change.
+fn report_note(observer: &Observer, note: ChainNote) {
+    match note {
+        ChainNote::Connected {
+            height,
+            hash,
+            time,
+            txs,
+            bytes,
+            miner,
+            jobs,
+            challenges,
+        } => {
+            observer.publish(Event::Block(protocol::api::BlockSummary {
+                height: height.0,
+                hash: hash.to_string(),
+                time: u64::from(time),
+                txs: u32::try_from(txs).unwrap_or(u32::MAX),
+                bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
+                miner: miner.to_string(),
+            }));
+            for (job, status) in jobs {
+                observer.publish(Event::Job(protocol::api::JobEvent {
+                    id: job.to_string(),
+                    status: status
+                        .as_ref()
+                        .map_or("removed", protocol::api::status_word)
+                        .to_owned(),
+                    height: height.0,
+                }));
+            }
+            for outcome in challenges {
+                let outcome = match outcome {
+                    protocol::ChallengeOutcome::Proven => "proven",
+                    protocol::ChallengeOutcome::Refuted => "refuted",
+                };
+                observer
+                    .metrics
+                    .fraud_proofs
+                    .get_or_create(&label("outcome", outcome))
+                    .inc();
+            }
+        }
+        ChainNote::Disconnected { .. } => {}
+    }
+}
+
+fn blocks_page(
+    chain: &Chain,
+    from: Option<Height>,
+    count: u64,
+) -> Result<Vec<BlockSummaryRow>, ChainError> {
+    let top = from.unwrap_or(chain.height()).min(chain.height());
+    let mut rows = Vec::new();
+    let mut height = top.0;
+    while u64::try_from(rows.len()).unwrap_or(u64::MAX) < count {
+        let Some(hash) = chain.hash_at(Height(height)) else {
+            break;
+        };
+        let Some(block) = chain.block(&hash)? else {
+            break;
+        };
+        rows.push(BlockSummaryRow {
+            height: Height(height),
+            hash,
+            time: block.header.time,
+            txs: block.txs.len(),
+            bytes: block.encode().map(|b| b.len()).unwrap_or(0),
+            miner: match block.txs.first() {
+                Some(protocol::Transaction::Coinbase(cb)) => cb.miner,
+                _ => Address::ZERO,
+            },
+        });
+        let Some(next) = height.checked_sub(1) else {
+            break;
+        };
+        height = next;
+    }
+    Ok(rows)
 }
 
 fn log_block(
@@ -462,6 +789,58 @@ impl ChainHandle {
             .await
             .map_err(|_| ServiceError::Stopped)?;
         response.await.map_err(|_| ServiceError::Stopped)
+    }
+
+    /// Up to `count` main-chain blocks, newest first, from height `from`
+    /// (default: the tip).
+    pub async fn blocks_page(
+        &self,
+        from: Option<Height>,
+        count: u64,
+    ) -> Result<Vec<BlockSummaryRow>, ServiceError> {
+        Ok(self
+            .call(|reply| Command::BlocksPage { from, count, reply })
+            .await??)
+    }
+
+    /// A transaction by id, from the mempool or the main chain.
+    pub async fn transaction(&self, id: TxId) -> Result<Option<TxFound>, ServiceError> {
+        Ok(self
+            .call(|reply| Command::Transaction { id, reply })
+            .await??)
+    }
+
+    /// Up to `limit` jobs with ids after `after`, in id order, of `status`
+    /// when given.
+    pub async fn jobs_page(
+        &self,
+        status: Option<JobStatusKind>,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<(JobId, JobRecord)>, ServiceError> {
+        self.call(|reply| Command::JobsPage {
+            status,
+            after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// The mempool's size and up to `max_ids` of its transaction ids.
+    pub async fn mempool_info(&self, max_ids: usize) -> Result<MempoolInfo, ServiceError> {
+        self.call(|reply| Command::MempoolInfo { max_ids, reply })
+            .await
+    }
+
+    /// Jobs by status: open, pending, fulfilled, expired.
+    pub async fn job_counts(&self) -> Result<[u64; 4], ServiceError> {
+        self.call(|reply| Command::JobCounts { reply }).await
+    }
+
+    /// The network's hash rate, estimated over recent blocks.
+    pub async fn network_hashrate(&self) -> Result<f64, ServiceError> {
+        self.call(|reply| Command::NetworkHashrate { reply }).await
     }
 
     /// The latest tip snapshot.

@@ -1,5 +1,6 @@
 //! The node's on-disk store: blocks, the block index, undo data, the main
-//! chain, the state at the tip and the tip itself, in one redb file.
+//! chain, the state at the tip, the tip itself and an index of main-chain
+//! transactions (for the HTTP API's `/api/tx/{id}`), in one redb file.
 //!
 //! Connecting or disconnecting a block is exactly one write transaction
 //! committed with immediate durability, so a node killed at any moment
@@ -21,9 +22,52 @@ const MAIN: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("main");
 const ACCOUNTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("accounts");
 const JOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("jobs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Main-chain transactions: txid -> block hash (32 bytes), height (8, LE)
+/// and position in the block (4, LE). Written and removed with the block's
+/// connect and disconnect, in the same transaction.
+const TXINDEX: TableDefinition<&[u8; 32], &[u8; 44]> = TableDefinition::new("txindex");
 
 const TIP_KEY: &str = "tip";
 const CHAIN_KEY: &str = "chain";
+/// Present once TXINDEX covers the whole main chain.
+const TXINDEX_KEY: &str = "txindex";
+
+/// Where a main-chain transaction is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxPlace {
+    /// The block holding it.
+    pub block: BlockHash,
+    /// That block's height.
+    pub height: Height,
+    /// Its position in the block (0: the coinbase).
+    pub position: u32,
+}
+
+impl TxPlace {
+    fn encode(&self) -> [u8; 44] {
+        let mut out = [0u8; 44];
+        let (hash, rest) = out.split_at_mut(32);
+        let (height, position) = rest.split_at_mut(8);
+        hash.copy_from_slice(self.block.as_bytes());
+        height.copy_from_slice(&self.height.0.to_le_bytes());
+        position.copy_from_slice(&self.position.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8; 44]) -> Self {
+        let mut hash = [0u8; 32];
+        let mut height = [0u8; 8];
+        let mut position = [0u8; 4];
+        hash.copy_from_slice(&bytes[..32]);
+        height.copy_from_slice(&bytes[32..40]);
+        position.copy_from_slice(&bytes[40..]);
+        Self {
+            block: BlockHash(hash),
+            height: Height(u64::from_le_bytes(height)),
+            position: u32::from_le_bytes(position),
+        }
+    }
+}
 
 /// What the store keeps about every block it holds, main chain or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +207,7 @@ impl Store {
             }
             None => store.write_genesis(chain, genesis, genesis_state)?,
         }
+        store.build_txindex()?;
         Ok(store)
     }
 
@@ -203,6 +248,87 @@ impl Store {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Indexes the transactions of the whole main chain when the store
+    /// predates the index (once; later blocks are indexed as they connect).
+    fn build_txindex(&self) -> Result<(), StoreError> {
+        {
+            let txn = self.db.begin_read()?;
+            if let Ok(meta) = txn.open_table(META) {
+                if meta.get(TXINDEX_KEY)?.is_some() {
+                    return Ok(());
+                }
+            }
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let main: Vec<(u64, [u8; 32])> = {
+                let table = txn.open_table(MAIN)?;
+                let mut rows = Vec::new();
+                for row in table.iter()? {
+                    let (height, hash) = row?;
+                    rows.push((height.value(), *hash.value()));
+                }
+                rows
+            };
+            let blocks = txn.open_table(BLOCKS)?;
+            let mut index = txn.open_table(TXINDEX)?;
+            for (height, hash) in main {
+                let Some(bytes) = blocks.get(&hash)? else {
+                    return Err(StoreError::Missing(format!(
+                        "main-chain block {} at height {height}",
+                        BlockHash(hash)
+                    )));
+                };
+                let block: Block = codec::decode(bytes.value())?;
+                Self::index_txs(&mut index, &block, &BlockHash(hash), Height(height))?;
+            }
+            txn.open_table(META)?
+                .insert(TXINDEX_KEY, [1u8].as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn index_txs(
+        index: &mut redb::Table<&[u8; 32], &[u8; 44]>,
+        block: &Block,
+        hash: &BlockHash,
+        height: Height,
+    ) -> Result<(), StoreError> {
+        for (position, tx) in block.txs.iter().enumerate() {
+            let place = TxPlace {
+                block: *hash,
+                height,
+                position: u32::try_from(position).unwrap_or(u32::MAX),
+            };
+            index.insert(tx.id()?.as_bytes(), &place.encode())?;
+        }
+        Ok(())
+    }
+
+    /// Where the main-chain transaction `id` is, if it is on the main chain.
+    pub fn tx_place(&self, id: &protocol::TxId) -> Result<Option<TxPlace>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(TXINDEX) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        let place = table
+            .get(id.as_bytes())?
+            .map(|v| TxPlace::decode(&v.value()));
+        Ok(place)
+    }
+
+    /// The main-chain block hash at `height`.
+    pub fn main_hash(&self, height: Height) -> Result<Option<BlockHash>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MAIN)?;
+        let hash = table.get(height.0)?.map(|v| BlockHash(*v.value()));
+        Ok(hash)
     }
 
     /// Loads the index, the main chain and the tip state.
@@ -299,10 +425,12 @@ impl Store {
         Ok(codec::decode(value.value())?)
     }
 
-    /// Connects `hash` at `height` as the new tip: its undo data, its
-    /// main-chain slot, the state changes and the tip, in one transaction.
+    /// Connects `block` (`hash`) at `height` as the new tip: its undo
+    /// data, its main-chain slot, its transactions' index entries, the state
+    /// changes and the tip, in one transaction.
     pub fn connect(
         &self,
+        block: &Block,
         hash: &BlockHash,
         height: Height,
         undo: &BlockUndo,
@@ -311,6 +439,7 @@ impl Store {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
+            Self::index_txs(&mut txn.open_table(TXINDEX)?, block, hash, height)?;
             txn.open_table(UNDO)?
                 .insert(hash.as_bytes(), codec::encode(undo)?.as_slice())?;
             txn.open_table(MAIN)?.insert(height.0, hash.as_bytes())?;
@@ -326,14 +455,20 @@ impl Store {
     /// writing the rolled-back state, in one transaction.
     pub fn disconnect(
         &self,
+        block: &Block,
         hash: &BlockHash,
         height: Height,
-        parent: &BlockHash,
         delta: &StateDelta,
     ) -> Result<(), StoreError> {
+        let parent = &block.header.prev;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
+            let mut index = txn.open_table(TXINDEX)?;
+            for tx in &block.txs {
+                index.remove(tx.id()?.as_bytes())?;
+            }
+            drop(index);
             txn.open_table(UNDO)?.remove(hash.as_bytes())?;
             txn.open_table(MAIN)?.remove(height.0)?;
             Self::write_delta(&txn, delta)?;

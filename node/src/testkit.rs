@@ -21,11 +21,13 @@ pub fn loopback() -> Multiaddr {
         .unwrap_or_else(|_| Multiaddr::empty())
 }
 
-/// A regtest config in `dir` listening on loopback.
+/// A regtest config in `dir` listening on loopback, p2p and HTTP on
+/// ports the system picks.
 pub fn regtest_config(dir: &Path, bootstrap: Vec<Multiaddr>) -> NodeConfig {
     let mut config = NodeConfig::new(dir.to_owned(), ChainParams::regtest());
     config.listen = vec![loopback()];
     config.bootstrap = bootstrap;
+    config.http = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     config
 }
 

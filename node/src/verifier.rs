@@ -46,6 +46,7 @@ pub struct NodeVerifier {
     replay: ReplayVerifier<BlobStore>,
     answers: Mutex<Answers>,
     replays: AtomicU64,
+    seconds: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl std::fmt::Debug for NodeVerifier {
@@ -76,7 +77,14 @@ impl NodeVerifier {
             replay: ReplayVerifier::new(store, DatasetLimits::default()),
             answers: Mutex::new(Answers::default()),
             replays: AtomicU64::new(0),
+            seconds: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records the seconds of every replay into `histogram` from now on
+    /// (the first histogram given stays).
+    pub fn record_into(&self, histogram: prometheus_client::metrics::histogram::Histogram) {
+        let _ = self.seconds.set(histogram);
     }
 
     /// How many replays (of any of the three kinds) ran, cached ones not
@@ -125,6 +133,9 @@ impl NodeVerifier {
         let replay_ms = started.elapsed().as_millis();
         if !matches!(answer, Err(VerifyError::DataUnavailable(_))) {
             self.replays.fetch_add(1, Ordering::Relaxed);
+            if let Some(histogram) = self.seconds.get() {
+                histogram.observe(started.elapsed().as_secs_f64());
+            }
         }
         match &answer {
             Ok(Judged::Computed(_)) => {

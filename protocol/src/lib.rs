@@ -14,6 +14,7 @@
 // peer data; test code computes fixtures and may use plain arithmetic.
 #![cfg_attr(test, allow(clippy::arithmetic_side_effects, clippy::as_conversions))]
 
+pub mod api;
 pub mod asert;
 pub mod block;
 pub mod codec;

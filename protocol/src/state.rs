@@ -231,6 +231,16 @@ impl State {
         self.jobs.iter()
     }
 
+    /// Jobs with ids after `after` (every job when `None`), in id order.
+    pub fn jobs_after(&self, after: Option<&JobId>) -> impl Iterator<Item = (&JobId, &JobRecord)> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(id) => Bound::Excluded(*id),
+            None => Bound::Unbounded,
+        };
+        self.jobs.range((start, Bound::Unbounded))
+    }
+
     /// Open jobs whose expiry height is at most `height`, by expiry.
     pub fn jobs_expiring_by(&self, height: Height) -> Vec<JobId> {
         self.expiring

@@ -4,7 +4,7 @@
 //!
 //! Behaviours: tcp + noise + yamux with dns, identify, ping, gossipsub for
 //! blocks and transactions (validated before forwarding, content-hash ids,
-//! size caps), request-response for sync, for blobs and for the peer RPC, and a block
+//! size caps), request-response for sync and for blobs, and a block
 //! list for peers whose penalties pass the ban score. The loop only routes
 //! events: validation and chain queries run in spawned tasks that talk to
 //! the chain task, so a slow block never stalls the swarm.
@@ -24,7 +24,6 @@ use libp2p::{
     allow_block_list, identify, identity, noise, ping, tcp, yamux, Multiaddr, PeerId,
     StreamProtocol, Swarm,
 };
-use protocol::rpc::{MAX_RPC_MESSAGE_BYTES, RPC_PROTOCOL};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::wire::{
@@ -72,7 +71,6 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     sync: request_response::Behaviour<FrameCodec>,
     blob: request_response::Behaviour<FrameCodec>,
-    rpc: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
 }
@@ -131,13 +129,6 @@ pub enum NetworkEvent {
         /// The request bytes.
         data: Vec<u8>,
     },
-    /// A client asks an RPC; answer with [`NetworkClient::respond_rpc`].
-    RpcRequest {
-        /// Ticket for the answer.
-        ticket: u64,
-        /// The request bytes.
-        data: Vec<u8>,
-    },
 }
 
 enum Command {
@@ -176,10 +167,6 @@ enum Command {
         ticket: u64,
         data: Vec<u8>,
     },
-    RespondRpc {
-        ticket: u64,
-        data: Vec<u8>,
-    },
     Connect {
         addr: Multiaddr,
     },
@@ -190,6 +177,20 @@ enum Command {
     Peers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    PeerDetails {
+        reply: oneshot::Sender<Vec<PeerDetail>>,
+    },
+}
+
+/// A connected full-node peer as the node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerDetail {
+    /// Its peer id.
+    pub peer: PeerId,
+    /// The remote address of its first connection.
+    pub addr: Option<Multiaddr>,
+    /// Penalty points held against it.
+    pub score: u32,
 }
 
 /// A cloneable handle to the network event loop.
@@ -271,11 +272,6 @@ impl NetworkClient {
         self.send(Command::RespondBlob { ticket, data });
     }
 
-    /// Answers an inbound RPC request.
-    pub fn respond_rpc(&self, ticket: u64, data: Vec<u8>) {
-        self.send(Command::RespondRpc { ticket, data });
-    }
-
     /// A peer's penalty points and whether it is blocked.
     pub async fn penalty(&self, peer: PeerId) -> Result<(u32, bool), NetError> {
         let (reply, response) = oneshot::channel();
@@ -294,6 +290,15 @@ impl NetworkClient {
         response.await.map_err(|_| NetError::Stopped)
     }
 
+    /// The connected full-node peers with their addresses and scores.
+    pub async fn peer_details(&self) -> Result<Vec<PeerDetail>, NetError> {
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(Command::PeerDetails { reply })
+            .map_err(|_| NetError::Stopped)?;
+        response.await.map_err(|_| NetError::Stopped)
+    }
+
     /// How many full-node peers are connected.
     pub fn peer_count(&self) -> usize {
         self.peers.load(Ordering::Relaxed)
@@ -301,7 +306,7 @@ impl NetworkClient {
 }
 
 /// Network settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NetworkConfig {
     /// The node's identity.
     pub keypair: identity::Keypair,
@@ -311,6 +316,20 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Largest gossip message (a block near the cap plus framing).
     pub max_gossip_bytes: usize,
+    /// libp2p's own metrics (connections, gossipsub, identify, ping), when
+    /// the node exports metrics.
+    pub metrics: Option<Arc<libp2p::metrics::Metrics>>,
+}
+
+impl std::fmt::Debug for NetworkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkConfig")
+            .field("listen", &self.listen)
+            .field("bootstrap", &self.bootstrap)
+            .field("max_gossip_bytes", &self.max_gossip_bytes)
+            .field("metrics", &self.metrics.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 struct Dialed {
@@ -331,7 +350,6 @@ pub struct EventLoop {
     sync_channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
     pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     blob_channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
-    rpc_channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
     next_ticket: u64,
     penalties: HashMap<PeerId, u32>,
     banned: HashSet<PeerId>,
@@ -339,6 +357,7 @@ pub struct EventLoop {
     addrs: HashMap<PeerId, Multiaddr>,
     peers: Arc<AtomicUsize>,
     dialed: Vec<Dialed>,
+    metrics: Option<Arc<libp2p::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -386,17 +405,11 @@ fn build_swarm(config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
                 [(StreamProtocol::new(BLOB_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
             );
-            let rpc = request_response::Behaviour::with_codec(
-                FrameCodec::new(MAX_RPC_MESSAGE_BYTES),
-                [(StreamProtocol::new(RPC_PROTOCOL), ProtocolSupport::Inbound)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
-            );
             Ok(Behaviour {
                 blocked: allow_block_list::Behaviour::default(),
                 gossipsub,
                 sync,
                 blob,
-                rpc,
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                         .with_agent_version(format!(
@@ -499,7 +512,6 @@ pub async fn start(
             sync_channels: HashMap::new(),
             pending_blob: HashMap::new(),
             blob_channels: HashMap::new(),
-            rpc_channels: HashMap::new(),
             next_ticket: 0,
             penalties: HashMap::new(),
             banned: HashSet::new(),
@@ -507,6 +519,7 @@ pub async fn start(
             addrs: HashMap::new(),
             peers,
             dialed,
+            metrics: config.metrics.clone(),
         },
         event_rx,
         bound,
@@ -633,11 +646,6 @@ impl EventLoop {
                     let _ = self.swarm.behaviour_mut().blob.send_response(channel, data);
                 }
             }
-            Command::RespondRpc { ticket, data } => {
-                if let Some(channel) = self.rpc_channels.remove(&ticket) {
-                    let _ = self.swarm.behaviour_mut().rpc.send_response(channel, data);
-                }
-            }
             Command::Connect { addr } => {
                 if !self.dialed.iter().any(|d| d.addr == addr) {
                     self.dialed.push(Dialed {
@@ -658,10 +666,35 @@ impl EventLoop {
             Command::Peers { reply } => {
                 let _ = reply.send(self.full_peers.iter().copied().collect());
             }
+            Command::PeerDetails { reply } => {
+                let mut details: Vec<PeerDetail> = self
+                    .full_peers
+                    .iter()
+                    .map(|peer| PeerDetail {
+                        peer: *peer,
+                        addr: self.addrs.get(peer).cloned(),
+                        score: self.penalties.get(peer).copied().unwrap_or(0),
+                    })
+                    .collect();
+                details.sort_by_key(|d| d.peer.to_bytes());
+                let _ = reply.send(details);
+            }
         }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(metrics) = &self.metrics {
+            use libp2p::metrics::Recorder;
+            metrics.record(&event);
+            if let SwarmEvent::Behaviour(behaviour) = &event {
+                match behaviour {
+                    BehaviourEvent::Gossipsub(e) => metrics.record(e),
+                    BehaviourEvent::Identify(e) => metrics.record(e),
+                    BehaviourEvent::Ping(e) => metrics.record(e),
+                    _ => {}
+                }
+            }
+        }
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -680,8 +713,9 @@ impl EventLoop {
                     entry.backoff = FIRST_BACKOFF;
                 }
                 if num_established.get() == 1 {
-                    // The "peer connected" line waits for identify, so RPC
-                    // clients do not read as peers.
+                    // The "peer connected" line waits for identify, so a
+                    // connection that never identifies as a full node does
+                    // not read as a peer.
                     tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
                     self.addrs
                         .insert(peer_id, endpoint.get_remote_address().clone());
@@ -865,25 +899,6 @@ impl EventLoop {
                 if matches!(error, request_response::InboundFailure::Io(_)) {
                     self.penalise(peer, 20, &format!("malformed blob request: {error}"));
                 }
-            }
-            BehaviourEvent::Rpc(request_response::Event::Message {
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            }) => {
-                let ticket = self.ticket();
-                self.rpc_channels.insert(ticket, channel);
-                let _ = self.events.send(NetworkEvent::RpcRequest {
-                    ticket,
-                    data: request,
-                });
-            }
-            BehaviourEvent::Rpc(request_response::Event::InboundFailure {
-                peer, error, ..
-            }) => {
-                tracing::debug!(%peer, reason = %error, "rpc request failed");
             }
             _ => {}
         }
