@@ -27,7 +27,6 @@ pub mod ops;
 pub mod optim;
 pub mod prep;
 pub mod rng;
-pub mod rpc_client;
 pub mod session;
 pub mod settings;
 pub mod step;

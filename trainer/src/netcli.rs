@@ -1,9 +1,9 @@
 //! The trainer's network commands (DESIGN §5): `dataset put`, `job post`,
-//! `work` and `predict`, all over the peer RPC of one node.
+//! `work` and `predict`, all over the HTTP API of one node.
 //!
 //! This is the binary's edge: it parses flags, talks to the node through
-//! [`trainer::rpc_client`], prints results and turns failures into one
-//! clear error line. Training, hashing and replay stay in the library; this
+//! [`trainer::client`], prints results and turns failures into one clear
+//! error line. Training, hashing and replay stay in the library; this
 //! module must never sign with a key it was not given or submit a result it
 //! did not train itself.
 
@@ -13,28 +13,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::SigningKey;
-use libp2p::Multiaddr;
+use protocol::api::ErrorCode;
 use protocol::job::{check_acceptance, worker_seed};
-use protocol::rpc::{BlobKind, BlobName, PredictionOut, RpcRequest, RpcResponse, MAX_BLOB_BYTES};
+use protocol::rpc::BlobKind;
 use protocol::{
     Acceptance, Address, Amount, Digest, F32Bits, Height, JobId, JobSpec, TxBody, TxKind,
 };
-use trainer::rpc_client;
+use trainer::client::{ClientError, JobFilter, NodeArgs, NodeClient};
 use trainer::{Dataset, DatasetLimits, OptimizerKind, TaskKind, TrainSettings};
 
-/// How long one RPC may take.
-const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the worker looks for open jobs.
 const POLL: Duration = Duration::from_secs(1);
-/// Chunk size asked for when downloading a blob.
-const CHUNK: u32 = 1024 * 1024;
 
 /// `dataset put` arguments.
 #[derive(clap::Args, Debug)]
 pub struct DatasetPutArgs {
-    /// The node to store the dataset on.
-    #[arg(long, value_name = "MULTIADDR")]
-    node: Multiaddr,
+    #[command(flatten)]
+    node: NodeArgs,
     /// CSV file: header row, numeric columns, target last.
     #[arg(value_name = "FILE.csv")]
     file: PathBuf,
@@ -53,9 +48,8 @@ pub enum DatasetCommand {
 /// `job post` arguments.
 #[derive(clap::Args, Debug)]
 pub struct JobPostArgs {
-    /// The node to submit to.
-    #[arg(long, value_name = "MULTIADDR")]
-    node: Multiaddr,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Key file of the poster (64 hex characters).
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
@@ -127,9 +121,8 @@ pub enum JobCommand {
 /// `work` arguments.
 #[derive(clap::Args, Debug)]
 pub struct WorkArgs {
-    /// The node to watch and submit to.
-    #[arg(long, value_name = "MULTIADDR")]
-    node: Multiaddr,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Key file of the worker (64 hex characters); the bounty goes to it.
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
@@ -152,9 +145,8 @@ pub struct WorkArgs {
 /// `predict` arguments.
 #[derive(clap::Args, Debug)]
 pub struct PredictArgs {
-    /// The node to ask.
-    #[arg(long, value_name = "MULTIADDR")]
-    node: Multiaddr,
+    #[command(flatten)]
+    node: NodeArgs,
     /// The fulfilled job whose model answers.
     #[arg(long, value_name = "JOB_ID")]
     job: String,
@@ -164,21 +156,6 @@ pub struct PredictArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
-async fn ask(node: &Multiaddr, request: RpcRequest) -> anyhow::Result<RpcResponse> {
-    match rpc_client::call(node, &request, RPC_TIMEOUT).await? {
-        RpcResponse::Error(err) => bail!("node refused: {:?}: {}", err.code, err.message),
-        other => Ok(other),
-    }
 }
 
 fn parse_digest(text: &str, what: &str) -> anyhow::Result<[u8; 32]> {
@@ -205,57 +182,6 @@ pub fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// Downloads a whole blob from the node and checks its SHA-256.
-async fn get_blob(node: &Multiaddr, name: BlobName) -> anyhow::Result<Vec<u8>> {
-    let mut bytes: Vec<u8> = Vec::new();
-    let max = u64::try_from(MAX_BLOB_BYTES)?;
-    loop {
-        let offset = u64::try_from(bytes.len())?;
-        let chunk = match ask(
-            node,
-            RpcRequest::GetBlob {
-                name,
-                offset,
-                max_len: CHUNK,
-            },
-        )
-        .await?
-        {
-            RpcResponse::BlobChunk(chunk) => chunk,
-            other => bail!("unexpected answer to a blob request: {other:?}"),
-        };
-        if chunk.offset != offset {
-            bail!("blob chunk at offset {}, expected {offset}", chunk.offset);
-        }
-        if chunk.total > max {
-            bail!("a blob of {} bytes, expected at most {max}", chunk.total);
-        }
-        if offset == 0 {
-            bytes.reserve_exact(usize::try_from(chunk.total)?);
-        }
-        bytes.extend_from_slice(&chunk.bytes);
-        let have = u64::try_from(bytes.len())?;
-        if have >= chunk.total {
-            let got = Digest(protocol::sha256(&bytes));
-            if have != chunk.total || got != chunk.digest {
-                bail!("blob bytes hash to {got}, expected {}", chunk.digest);
-            }
-            if let BlobName::Content(expected) = name {
-                if got != expected {
-                    bail!("blob bytes hash to {got}, expected {expected}");
-                }
-            }
-            return Ok(bytes);
-        }
-        if chunk.bytes.is_empty() {
-            bail!(
-                "node sent an empty chunk at offset {offset} of {}",
-                chunk.total
-            );
-        }
-    }
-}
-
 /// `dataset put`.
 pub fn dataset_put(args: DatasetPutArgs) -> anyhow::Result<()> {
     let kind = if args.task == "regression" {
@@ -263,16 +189,12 @@ pub fn dataset_put(args: DatasetPutArgs) -> anyhow::Result<()> {
     } else {
         TaskKind::Classification
     };
+    let client = args.node.client()?;
     let dataset = Dataset::from_csv_file(&args.file, kind, &DatasetLimits::default())
         .map_err(|e| anyhow!("{}: {e}", args.file.display()))?;
     let blob = dataset.to_blob();
     let expected = dataset.digest();
-    let stored = runtime()?.block_on(rpc_client::put_blob(
-        &args.node,
-        BlobKind::Dataset,
-        &blob,
-        RPC_TIMEOUT,
-    ))?;
+    let stored = client.put_blob(BlobKind::Dataset, &blob)?;
     if stored != expected {
         bail!("node stored the dataset as {stored}, expected {expected}");
     }
@@ -294,96 +216,104 @@ fn parse_hidden(text: &str) -> anyhow::Result<Vec<u32>> {
         .collect()
 }
 
+/// The chain id transactions sign over, and the nonce `from`'s next
+/// transaction carries (counting those waiting in the mempool).
+fn chain_and_nonce(client: &NodeClient, from: &Address) -> anyhow::Result<(u32, u64)> {
+    let chain_id = client.status()?.chain_id;
+    let nonce = client.address(from)?.next_nonce;
+    Ok((chain_id, nonce))
+}
+
 /// `job post`.
 pub fn job_post(args: JobPostArgs) -> anyhow::Result<()> {
     let key = load_key(&args.key)?;
     let digest = Digest(parse_digest(&args.dataset, "dataset digest")?);
-    runtime()?.block_on(async {
-        let blob = get_blob(&args.node, BlobName::Content(digest)).await?;
-        let dataset = Dataset::from_blob(&blob, &DatasetLimits::default())?;
-        let d = TrainSettings::default();
-        let settings = TrainSettings {
-            hidden: match &args.hidden {
-                Some(h) => parse_hidden(h)?,
-                None => d.hidden,
-            },
-            loss: None,
-            optimizer: match args.optimizer.as_deref() {
-                Some("sgd") => OptimizerKind::Sgd,
-                Some(_) => OptimizerKind::Adam,
-                None => d.optimizer,
-            },
-            lr: args.lr.or(d.lr),
-            momentum: args.momentum.unwrap_or(d.momentum),
-            l1: args.l1.unwrap_or(d.l1),
-            l2: args.l2.unwrap_or(d.l2),
-            batch: args.batch.unwrap_or(d.batch),
-            epochs: args.epochs.unwrap_or(d.epochs),
-            seed: args.seed.unwrap_or(d.seed),
-            segments: args.segments.unwrap_or(d.segments),
-        };
-        let mut spec: JobSpec = settings.job_spec(&dataset)?;
-        spec.acceptance = match (spec.acceptance, args.min_accuracy, args.max_mse) {
-            (Acceptance::MinAccuracy { .. }, Some(x), None) if (0.0..=1.0).contains(&x) => {
-                let ppm = (x * 1_000_000.0).round();
-                Acceptance::MinAccuracy {
-                    ppm: format!("{ppm:.0}").parse::<u32>().unwrap_or(1_000_000),
-                }
+    let client = args.node.client()?;
+    let blob = client.get_blob(&digest)?;
+    let dataset = Dataset::from_blob(&blob, &DatasetLimits::default())?;
+    let d = TrainSettings::default();
+    let settings = TrainSettings {
+        hidden: match &args.hidden {
+            Some(h) => parse_hidden(h)?,
+            None => d.hidden,
+        },
+        loss: None,
+        optimizer: match args.optimizer.as_deref() {
+            Some("sgd") => OptimizerKind::Sgd,
+            Some(_) => OptimizerKind::Adam,
+            None => d.optimizer,
+        },
+        lr: args.lr.or(d.lr),
+        momentum: args.momentum.unwrap_or(d.momentum),
+        l1: args.l1.unwrap_or(d.l1),
+        l2: args.l2.unwrap_or(d.l2),
+        batch: args.batch.unwrap_or(d.batch),
+        epochs: args.epochs.unwrap_or(d.epochs),
+        seed: args.seed.unwrap_or(d.seed),
+        segments: args.segments.unwrap_or(d.segments),
+    };
+    let mut spec: JobSpec = settings.job_spec(&dataset)?;
+    spec.acceptance = match (spec.acceptance, args.min_accuracy, args.max_mse) {
+        (Acceptance::MinAccuracy { .. }, Some(x), None) if (0.0..=1.0).contains(&x) => {
+            let ppm = (x * 1_000_000.0).round();
+            Acceptance::MinAccuracy {
+                ppm: format!("{ppm:.0}").parse::<u32>().unwrap_or(1_000_000),
             }
-            (Acceptance::MaxMse { .. }, None, Some(x)) if x.is_finite() && x >= 0.0 => {
-                Acceptance::MaxMse {
-                    mse: F32Bits::from_f32(x),
-                }
-            }
-            (a, None, None) => a,
-            (_, accuracy, mse) => bail!(
-                "--min-accuracy {accuracy:?} / --max-mse {mse:?} do not fit a {:?} dataset, expected --min-accuracy in [0, 1] for classification or --max-mse >= 0 for regression",
-                spec.task
-            ),
-        };
-        let from = Address::from_verifying_key(&key.verifying_key());
-        let (chain_id, height, chain) = match ask(&args.node, RpcRequest::Status).await? {
-            RpcResponse::Status(s) => (s.chain_id, s.height, s.chain),
-            other => bail!("unexpected answer: {other:?}"),
-        };
-        let limits = protocol::ChainParams::by_name(&chain)
-            .ok_or_else(|| anyhow!("the node runs chain {chain:?}, which this trainer does not know"))?
-            .job_limits;
-        spec.bond = Amount(args.bond.unwrap_or(args.bounty.max(limits.min_bond.0)));
-        spec.challenge_window = args
-            .challenge_window
-            .unwrap_or(limits.min_challenge_window);
-        spec.validate(&limits)
-            .map_err(|e| anyhow!("the job does not fit chain {chain}: {e}"))?;
-        let nonce = match ask(&args.node, RpcRequest::Balance(from)).await? {
-            RpcResponse::Balance(b) => b.next_nonce,
-            other => bail!("unexpected answer: {other:?}"),
-        };
-        let expires_at = height
-            .0
-            .checked_add(args.expires_in)
-            .ok_or_else(|| anyhow!("--expires-in {} overflows the height", args.expires_in))?;
-        let tx = TxBody {
-            from,
-            nonce,
-            fee: Amount(args.fee),
-            kind: TxKind::PostJob {
-                spec,
-                bounty: Amount(args.bounty),
-                expires_at: Height(expires_at),
-            },
         }
-        .sign(&key, chain_id)?;
-        match ask(&args.node, RpcRequest::SubmitTx(tx)).await? {
-            RpcResponse::TxAccepted(id) => {
-                let job = JobId::from(id);
-                tracing::info!(%job, dataset = %digest, bounty = args.bounty, "job posted");
-                println!("{job}");
-                Ok(())
+        (Acceptance::MaxMse { .. }, None, Some(x)) if x.is_finite() && x >= 0.0 => {
+            Acceptance::MaxMse {
+                mse: F32Bits::from_f32(x),
             }
-            other => bail!("unexpected answer: {other:?}"),
         }
-    })
+        (a, None, None) => a,
+        (_, accuracy, mse) => bail!(
+            "--min-accuracy {accuracy:?} / --max-mse {mse:?} do not fit a {:?} dataset, expected --min-accuracy in [0, 1] for classification or --max-mse >= 0 for regression",
+            spec.task
+        ),
+    };
+    let from = Address::from_verifying_key(&key.verifying_key());
+    let status = client.status()?;
+    let chain = status.chain;
+    let limits = protocol::ChainParams::by_name(&chain)
+        .ok_or_else(|| anyhow!("the node runs chain {chain:?}, which this trainer does not know"))?
+        .job_limits;
+    spec.bond = Amount(args.bond.unwrap_or(args.bounty.max(limits.min_bond.0)));
+    spec.challenge_window = args.challenge_window.unwrap_or(limits.min_challenge_window);
+    spec.validate(&limits)
+        .map_err(|e| anyhow!("the job does not fit chain {chain}: {e}"))?;
+    let nonce = client.address(&from)?.next_nonce;
+    let expires_at = status
+        .height
+        .checked_add(args.expires_in)
+        .ok_or_else(|| anyhow!("--expires-in {} overflows the height", args.expires_in))?;
+    let tx = TxBody {
+        from,
+        nonce,
+        fee: Amount(args.fee),
+        kind: TxKind::PostJob {
+            spec,
+            bounty: Amount(args.bounty),
+            expires_at: Height(expires_at),
+        },
+    }
+    .sign(&key, status.chain_id)?;
+    let id = client.submit_tx(&tx)?;
+    let job = JobId::from(id);
+    tracing::info!(%job, dataset = %digest, bounty = args.bounty, "job posted");
+    println!("{job}");
+    Ok(())
+}
+
+/// Whether a failed call may succeed if tried again later.
+fn transient(err: &ClientError) -> bool {
+    matches!(
+        err,
+        ClientError::Unreachable { .. }
+            | ClientError::Api {
+                code: ErrorCode::NotSynced,
+                ..
+            }
+    )
 }
 
 /// `work`: watch open jobs, train each with this worker's seed, upload the
@@ -391,56 +321,58 @@ pub fn job_post(args: JobPostArgs) -> anyhow::Result<()> {
 pub fn work(args: WorkArgs) -> anyhow::Result<()> {
     let key = load_key(&args.key)?;
     let worker = Address::from_verifying_key(&key.verifying_key());
-    tracing::info!(%worker, node = %args.node, "worker started");
-    runtime()?.block_on(async {
-        let mut tried: HashSet<JobId> = HashSet::new();
-        let mut last_contact = Instant::now();
-        loop {
-            let jobs = match rpc_client::call(
-                &args.node,
-                &RpcRequest::Jobs { open_only: true },
-                RPC_TIMEOUT,
-            )
-            .await
-            {
-                Ok(RpcResponse::Jobs(jobs)) => {
-                    last_contact = Instant::now();
-                    jobs
+    let client = args.node.client()?;
+    tracing::info!(%worker, node = %client.url(), "worker started");
+    let mut tried: HashSet<JobId> = HashSet::new();
+    let mut last_contact = Instant::now();
+    loop {
+        let jobs = match client.all_jobs(Some(JobFilter::Open)) {
+            Ok(jobs) => {
+                last_contact = Instant::now();
+                jobs
+            }
+            Err(err) if transient(&err) => {
+                if last_contact.elapsed() > Duration::from_secs(args.unreachable_secs) {
+                    bail!("giving up after {}s: {err}", args.unreachable_secs);
                 }
-                Ok(other) => bail!("unexpected answer to jobs: {other:?}"),
-                Err(err) => {
-                    if last_contact.elapsed() > Duration::from_secs(args.unreachable_secs) {
-                        bail!("giving up after {}s: {err}", args.unreachable_secs);
-                    }
-                    tracing::warn!(reason = %err, "node unreachable, retrying");
-                    tokio::time::sleep(POLL).await;
-                    continue;
-                }
-            };
-            let next = jobs.into_iter().find(|(id, _)| !tried.contains(id));
-            let Some((job, record)) = next else {
-                tokio::time::sleep(POLL).await;
+                tracing::warn!(reason = %err, "node unreachable, retrying");
+                std::thread::sleep(POLL);
                 continue;
-            };
-            tried.insert(job);
-            match work_one(&args, &key, worker, job, &record.spec).await {
-                Ok(true) if args.once => return Ok(()),
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(%job, reason = %format!("{err:#}"), "job failed");
-                    if args.once {
-                        return Err(err);
-                    }
+            }
+            Err(err) => return Err(err).context("listing open jobs"),
+        };
+        let next = jobs.iter().find_map(|view| {
+            let id = view.id.parse::<JobId>().ok()?;
+            (!tried.contains(&id)).then_some(id)
+        });
+        let Some(job) = next else {
+            std::thread::sleep(POLL);
+            continue;
+        };
+        tried.insert(job);
+        let outcome = match client.job_record(&job) {
+            Ok(Some(record)) => work_one(&args, &client, &key, worker, job, &record.spec),
+            Ok(None) => Err(anyhow!("the node no longer knows job {job}")),
+            Err(err) => Err(anyhow::Error::new(err).context(format!("fetching job {job}"))),
+        };
+        match outcome {
+            Ok(true) if args.once => return Ok(()),
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(%job, reason = %format!("{err:#}"), "job failed");
+                if args.once {
+                    return Err(err);
                 }
             }
         }
-    })
+    }
 }
 
 /// Trains one job and submits the result; `false` when the model missed
 /// the job's bar and nothing was submitted.
-async fn work_one(
+fn work_one(
     args: &WorkArgs,
+    client: &NodeClient,
     key: &SigningKey,
     worker: Address,
     job: JobId,
@@ -448,32 +380,25 @@ async fn work_one(
 ) -> anyhow::Result<bool> {
     let digest = spec.dataset.digest;
     tracing::info!(%job, dataset = %digest, "fetching dataset");
-    let blob = get_blob(&args.node, BlobName::Content(digest)).await?;
+    let blob = client.get_blob(&digest)?;
     let dataset = Dataset::from_blob(&blob, &DatasetLimits::default())?;
     let seed = worker_seed(&job, &worker, spec.base_seed);
     tracing::info!(%job, seed, epochs = spec.epochs, segments = spec.segments, "training");
     let started = Instant::now();
-    let train_spec = spec.clone();
-    let cheat_from = args.cheat_from_segment;
     // The worker keeps every state S_0..S_n to serve challengers.
-    let (result, leaves, states, model) = tokio::task::spawn_blocking(move || {
-        if let Some(honest) = cheat_from {
-            let claim = trainer::cheat::cheat(&train_spec, &dataset, seed, honest)?;
-            return Ok::<_, anyhow::Error>((claim.result, claim.leaves, claim.states, None));
-        }
+    let (result, leaves, states, model) = if let Some(honest) = args.cheat_from_segment {
+        let claim = trainer::cheat::cheat(spec, &dataset, seed, honest)?;
+        (claim.result, claim.leaves, claim.states, None)
+    } else {
         let mut states = Vec::new();
-        let outcome = trainer::train_keeping_states(
-            &train_spec,
-            &dataset,
-            seed,
-            &mut |_| {},
-            &mut |_, bytes| states.push(bytes.to_vec()),
-        )?;
-        Ok((outcome.result, outcome.leaves, states, Some(outcome.model)))
-    })
-    .await??;
+        let outcome =
+            trainer::train_keeping_states(spec, &dataset, seed, &mut |_| {}, &mut |_, bytes| {
+                states.push(bytes.to_vec())
+            })?;
+        (outcome.result, outcome.leaves, states, Some(outcome.model))
+    };
     tracing::info!(%job, weights = %result.weights, metric = %result.metric, seconds = started.elapsed().as_secs_f64(), "trained");
-    if let Some(honest) = cheat_from {
+    if let Some(honest) = args.cheat_from_segment {
         tracing::warn!(%job, honest_segments = honest, segments = spec.segments, "claiming a made-up result: this worker is lazy on purpose");
     }
     if let Err(err) = check_acceptance(spec, &result.metric) {
@@ -482,8 +407,8 @@ async fn work_one(
     }
     let served = states.len();
     for (index, bytes) in states.iter().enumerate() {
-        rpc_client::put_blob(&args.node, BlobKind::State, bytes, RPC_TIMEOUT)
-            .await
+        client
+            .put_blob(BlobKind::State, bytes)
             .with_context(|| format!("storing training state S_{index} on the node"))?;
     }
     tracing::info!(%job, states = served, "training states served");
@@ -491,19 +416,12 @@ async fn work_one(
         // Written from memory: no file on disk that another user could
         // swap or read.
         let bytes = trainer::weights::safetensors_bytes(&model)?;
-        let file = rpc_client::put_blob(&args.node, BlobKind::Weights, &bytes, RPC_TIMEOUT)
-            .await
+        let file = client
+            .put_blob(BlobKind::Weights, &bytes)
             .context("storing the weights on the node")?;
         tracing::info!(%job, file = %file, weights = %result.weights, "weights uploaded");
     }
-    let chain_id = match ask(&args.node, RpcRequest::Status).await? {
-        RpcResponse::Status(s) => s.chain_id,
-        other => bail!("unexpected answer: {other:?}"),
-    };
-    let nonce = match ask(&args.node, RpcRequest::Balance(worker)).await? {
-        RpcResponse::Balance(b) => b.next_nonce,
-        other => bail!("unexpected answer: {other:?}"),
-    };
+    let (chain_id, nonce) = chain_and_nonce(client, &worker)?;
     let tx = TxBody {
         from: worker,
         nonce,
@@ -515,14 +433,10 @@ async fn work_one(
         },
     }
     .sign(key, chain_id)?;
-    match ask(&args.node, RpcRequest::SubmitTx(tx)).await? {
-        RpcResponse::TxAccepted(id) => {
-            tracing::info!(%job, tx = %id, "result submitted");
-            println!("{id}");
-            Ok(true)
-        }
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    let id = client.submit_tx(&tx)?;
+    tracing::info!(%job, tx = %id, "result submitted");
+    println!("{id}");
+    Ok(true)
 }
 
 /// `predict`.
@@ -532,49 +446,33 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     for (index, row) in args.input.iter().enumerate() {
         let values = row
             .split(',')
-            .map(|v| {
-                v.trim()
-                    .parse::<f32>()
-                    .map(F32Bits::from_f32)
-                    .map_err(|_| anyhow!("input row {index}: {v:?} is not a number"))
+            .map(|v| match v.trim().parse::<f32>() {
+                Ok(x) if x.is_finite() => Ok(x),
+                Ok(_) => Err(anyhow!("input row {index}: {v:?} is not a finite number")),
+                Err(_) => Err(anyhow!("input row {index}: {v:?} is not a number")),
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         rows.push(values);
     }
-    let predictions = runtime()?.block_on(async {
-        match ask(&args.node, RpcRequest::Predict { job, rows }).await? {
-            RpcResponse::Predictions(p) => Ok(p),
-            other => Err(anyhow!("unexpected answer: {other:?}")),
-        }
-    })?;
-    let json: Vec<serde_json::Value> = predictions
-        .iter()
-        .map(|p| match p {
-            PredictionOut::Class {
-                class,
-                probabilities,
-            } => serde_json::json!({
-                "class": class,
-                "probabilities": probabilities.iter().map(|p| p.to_f32()).collect::<Vec<_>>(),
-            }),
-            PredictionOut::Value(v) => serde_json::json!({ "value": v.to_f32() }),
-        })
-        .collect();
+    let client = args.node.client()?;
+    let predictions = client.predict(&job, rows)?;
     if args.json {
-        println!("{}", serde_json::json!({ "predictions": json }));
-    } else {
-        for p in &predictions {
-            match p {
-                PredictionOut::Class {
-                    class,
-                    probabilities,
-                } => {
-                    let best = probabilities
-                        .get(usize::try_from(*class).unwrap_or(usize::MAX))
-                        .map_or(0.0, |p| p.to_f32());
-                    println!("class {class} (probability {best:.4})");
-                }
-                PredictionOut::Value(v) => println!("value {}", v.to_f32()),
+        println!("{}", serde_json::to_string(&predictions)?);
+        return Ok(());
+    }
+    for p in &predictions.predictions {
+        match (p.class, &p.probabilities, p.value) {
+            (Some(class), probabilities, _) => {
+                let best = probabilities
+                    .as_ref()
+                    .and_then(|ps| ps.get(usize::try_from(class).unwrap_or(usize::MAX)))
+                    .copied()
+                    .unwrap_or(0.0);
+                println!("class {class} (probability {best:.4})");
+            }
+            (None, _, Some(v)) => println!("value {v}"),
+            (None, _, None) => {
+                bail!("the node answered a prediction with neither a class nor a value")
             }
         }
     }

@@ -10,13 +10,23 @@ fn dead_addr() -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     drop(listener);
-    Ok(format!("/ip4/127.0.0.1/tcp/{port}"))
+    Ok(format!("http://127.0.0.1:{port}"))
 }
 
 fn run(args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let output = Command::new(env!("CARGO_BIN_EXE_gradchain-trainer"))
+    run_env(args, &[])
+}
+
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(bool, String)> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gradchain-trainer"));
+    command
         .args(args)
-        .output()?;
+        .env_remove("GRADCHAIN_NODE")
+        .env_remove("GRADCHAIN_HTTP_TOKEN_FILE");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output()?;
     Ok((
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -90,5 +100,45 @@ fn bad_arguments_are_one_clear_line() -> anyhow::Result<()> {
     ])?;
     assert!(!ok);
     assert!(stderr.contains("reading key file"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn the_node_comes_from_the_environment_and_a_multiaddr_is_refused() -> anyhow::Result<()> {
+    let node = dead_addr()?;
+    let job = "ab".repeat(32);
+    let (ok, stderr) = run_env(
+        &["predict", "--job", &job, "--input", "1,2"],
+        &[("GRADCHAIN_NODE", &node)],
+    )?;
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("cannot reach node at {node}")),
+        "{stderr}"
+    );
+
+    let (ok, stderr) = run(&[
+        "predict",
+        "--node",
+        "/ip4/127.0.0.1/tcp/9700",
+        "--job",
+        &job,
+        "--input",
+        "1,2",
+    ])?;
+    assert!(!ok);
+    assert!(stderr.contains("expected http://HOST:PORT"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let missing = std::env::temp_dir().join("gradchain-no-such-token-file");
+    let (ok, stderr) = run_env(
+        &["predict", "--node", &node, "--job", &job, "--input", "1,2"],
+        &[("GRADCHAIN_HTTP_TOKEN_FILE", &missing.display().to_string())],
+    )?;
+    assert!(!ok);
+    assert!(
+        stderr.contains("HTTP token file") && stderr.contains("gradchain-no-such-token-file"),
+        "{stderr}"
+    );
     Ok(())
 }
