@@ -9,6 +9,7 @@
 //! `mining_threads`, `mine_interval_ms`, `log_format`, `audit_fraction`,
 //! `audit_key`, `http`, `no_http`, `http_token_file`); flags win over it.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,18 +17,13 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use libp2p::Multiaddr;
-use protocol::rpc::{BlockRef, RpcRequest, RpcResponse};
-use protocol::state::JobStatus;
-use protocol::{
-    Address, Amount, BlockHash, ChainParams, Height, JobId, JobRecord, TestMetric, Transaction,
-    TxBody, TxKind,
-};
+use protocol::{Address, Amount, ChainParams, JobId, TxBody, TxKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use trainer::client::{JobFilter, NodeArgs, NodeClient};
 
 use crate::keys;
 use crate::node::{self, NodeConfig};
-use crate::rpc_client;
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/9700";
@@ -55,20 +51,18 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Exit 0 when the node answers a status request.
+    /// Exit 0 when the node's HTTP API answers a status request.
     Healthcheck {
-        /// The node's multiaddr.
-        #[arg(long)]
-        node: Multiaddr,
+        #[command(flatten)]
+        node: NodeArgs,
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
-    /// Ask a node over the peer RPC.
+    /// Ask a node over its HTTP API.
     Rpc {
-        /// The node's multiaddr.
-        #[arg(long)]
-        node: Multiaddr,
+        #[command(flatten)]
+        node: NodeArgs,
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
@@ -311,24 +305,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck { node, timeout } => {
-            let response = runtime()?.block_on(rpc_client::call(
-                &node,
-                &RpcRequest::Status,
-                Duration::from_secs(timeout),
-            ))?;
-            match response {
-                RpcResponse::Status(status) => {
-                    println!("ok height {} tip {}", status.height, status.tip);
-                    Ok(())
-                }
-                other => bail!("unexpected answer to status: {}", describe(&other)),
-            }
+            let status = node
+                .client()?
+                .with_timeout(Duration::from_secs(timeout))
+                .status()?;
+            println!("ok height {} tip {}", status.height, status.tip);
+            Ok(())
         }
         Command::Rpc {
             node,
             timeout,
             call,
-        } => runtime()?.block_on(rpc(node, Duration::from_secs(timeout), call)),
+        } => rpc(
+            &node.client()?.with_timeout(Duration::from_secs(timeout)),
+            call,
+        ),
         Command::Bench {
             which: BenchKind::Hash { threads, seconds },
         } => {
@@ -431,9 +422,12 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Colour only on a terminal: `docker logs` and files get plain text.
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     };
 }
 
@@ -531,7 +525,10 @@ fn node_config(args: RunArgs) -> anyhow::Result<(NodeConfig, LogFormat)> {
             .with_context(|| format!("--http-token-file {}", path.display()))?;
         let token = token.trim();
         if token.is_empty() {
-            bail!("--http-token-file {} is empty, expected a token of at least 16 characters", path.display());
+            bail!(
+                "--http-token-file {} is empty, expected a token of at least 16 characters",
+                path.display()
+            );
         }
         config.http_token = Some(token.to_owned());
     }
@@ -571,209 +568,6 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe(response: &RpcResponse) -> String {
-    match response {
-        RpcResponse::Error(err) => format!("{:?}: {}", err.code, err.message),
-        RpcResponse::Status(_) => "a status".into(),
-        RpcResponse::Block(_) => "a block".into(),
-        RpcResponse::Balance(_) => "a balance".into(),
-        RpcResponse::TxAccepted(_) => "a transaction id".into(),
-        RpcResponse::Job(..) => "a job".into(),
-        RpcResponse::Jobs(_) => "a job list".into(),
-        RpcResponse::BlobStored(_) => "a blob digest".into(),
-        RpcResponse::BlobChunkAccepted { .. } => "an upload's progress".into(),
-        RpcResponse::BlobChunk(_) => "a blob chunk".into(),
-        RpcResponse::Predictions(_) => "predictions".into(),
-    }
-}
-
-fn work_json(work: &protocol::Work) -> Value {
-    if work.0.bits() <= 64 {
-        json!(work.0.low_u64())
-    } else {
-        json!(work.to_string())
-    }
-}
-
-fn job_json(id: &JobId, job: &JobRecord) -> Value {
-    let mut pending_at = None;
-    let mut settles_at = None;
-    let mut bond = None;
-    let (status, worker, weights, metric, fulfilled_at) = match &job.status {
-        JobStatus::Open => ("open", None, None, None, None),
-        JobStatus::Pending {
-            worker,
-            result,
-            height,
-            settles_at: settles,
-            bond: escrowed,
-            ..
-        } => {
-            pending_at = Some(height.0);
-            settles_at = Some(settles.0);
-            bond = Some(escrowed.0);
-            (
-                "pending",
-                Some(worker.to_string()),
-                Some(result.weights.to_string()),
-                Some(result.metric),
-                None,
-            )
-        }
-        JobStatus::Fulfilled {
-            worker,
-            result,
-            height,
-            submitted_at,
-            bond: returned,
-            ..
-        } => {
-            pending_at = Some(submitted_at.0);
-            settles_at = Some(height.0);
-            bond = Some(returned.0);
-            (
-                "fulfilled",
-                Some(worker.to_string()),
-                Some(result.weights.to_string()),
-                Some(result.metric),
-                Some(height.0),
-            )
-        }
-        JobStatus::Expired { .. } => ("expired", None, None, None, None),
-    };
-    let challenges: Vec<Value> = job
-        .challenges
-        .iter()
-        .map(|c| {
-            json!({
-                "challenger": c.challenger.to_string(),
-                "worker": c.worker.to_string(),
-                "segment": c.segment,
-                "tx": c.tx.to_string(),
-                "height": c.height.0,
-                "outcome": match c.outcome {
-                    protocol::ChallengeOutcome::Proven => "proven",
-                    protocol::ChallengeOutcome::Refuted => "refuted",
-                },
-            })
-        })
-        .collect();
-    let mut value = json!({
-        "id": id.to_string(),
-        "status": status,
-        "dataset": job.spec.dataset.digest.to_string(),
-        "bounty": job.bounty.0,
-        "poster": job.poster.to_string(),
-        "worker": worker,
-        "weights_digest": weights,
-        "fulfilled_at": fulfilled_at,
-        "posted_at": job.posted_at.0,
-        "expires_at": job.expires_at.0,
-        "segments": job.spec.segments,
-        "bond": bond.unwrap_or(job.spec.bond.0),
-        "challenge_window": job.spec.challenge_window,
-        "pending_at": pending_at,
-        "settles_at": settles_at,
-        "challenges": challenges,
-    });
-    if let Some(object) = value.as_object_mut() {
-        match metric {
-            Some(TestMetric::Accuracy { correct, total }) => {
-                let accuracy = if total == 0 {
-                    0.0
-                } else {
-                    f64::from(correct) / f64::from(total)
-                };
-                object.insert("test_accuracy".into(), json!(accuracy));
-            }
-            Some(TestMetric::Mse(mse)) => {
-                object.insert("test_mse".into(), json!(f64::from(mse.to_f32())));
-            }
-            None => {}
-        }
-    }
-    value
-}
-
-fn tx_json(tx: &Transaction) -> Value {
-    match tx {
-        Transaction::Coinbase(cb) => json!({
-            "id": tx.id().map(|i| i.to_string()).unwrap_or_default(),
-            "kind": "coinbase",
-            "to": cb.miner.to_string(),
-            "amount": cb.amount.0,
-        }),
-        Transaction::Signed(signed) => {
-            let (kind, extra) = match &signed.body.kind {
-                TxKind::Transfer { to, amount } => (
-                    "transfer",
-                    json!({"to": to.to_string(), "amount": amount.0}),
-                ),
-                TxKind::PostJob {
-                    bounty, expires_at, ..
-                } => (
-                    "post_job",
-                    json!({"bounty": bounty.0, "expires_at": expires_at.0}),
-                ),
-                TxKind::SubmitResult {
-                    job,
-                    result,
-                    leaves,
-                } => (
-                    "submit_result",
-                    json!({
-                        "job": job.to_string(),
-                        "segments_root": result.segments_root.to_string(),
-                        "loss_curve": leaves.iter().skip(1).map(|l| f64::from(l.loss.to_f32())).collect::<Vec<_>>(),
-                    }),
-                ),
-                TxKind::FraudProof { job, claim } => (
-                    "fraud_proof",
-                    json!({
-                        "job": job.to_string(),
-                        "claim": match claim {
-                            protocol::FraudClaim::InitialState { .. } => "initial_state".to_string(),
-                            protocol::FraudClaim::Segment { index, .. } => format!("segment {index}"),
-                            protocol::FraudClaim::Final { .. } => "final".to_string(),
-                        },
-                    }),
-                ),
-            };
-            let mut value = json!({
-                "id": tx.id().map(|i| i.to_string()).unwrap_or_default(),
-                "kind": kind,
-                "from": signed.body.from.to_string(),
-                "nonce": signed.body.nonce,
-                "fee": signed.body.fee.0,
-            });
-            if let (Some(object), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
-                object.extend(extra.clone());
-            }
-            value
-        }
-    }
-}
-
-fn parse_block_ref(text: &str) -> anyhow::Result<BlockRef> {
-    if !text.is_empty() && text.len() < 20 && text.bytes().all(|b| b.is_ascii_digit()) {
-        return Ok(BlockRef::Height(Height(text.parse()?)));
-    }
-    text.parse::<BlockHash>().map(BlockRef::Hash).map_err(|_| {
-        anyhow!("invalid block {text:?}: expected a height or a block hash of 64 hex characters")
-    })
-}
-
-async fn ask(
-    node: &Multiaddr,
-    timeout: Duration,
-    request: RpcRequest,
-) -> anyhow::Result<RpcResponse> {
-    match rpc_client::call(node, &request, timeout).await? {
-        RpcResponse::Error(err) => bail!("node refused: {:?}: {}", err.code, err.message),
-        other => Ok(other),
-    }
-}
-
 fn print(json_out: bool, value: Value, text: String) {
     if json_out {
         println!("{value}");
@@ -782,111 +576,67 @@ fn print(json_out: bool, value: Value, text: String) {
     }
 }
 
-async fn rpc(node: Multiaddr, timeout: Duration, call: RpcCall) -> anyhow::Result<()> {
+fn json_of<T: serde::Serialize>(value: &T) -> anyhow::Result<Value> {
+    serde_json::to_value(value).context("cannot turn the node's answer into JSON")
+}
+
+fn rpc(client: &NodeClient, call: RpcCall) -> anyhow::Result<()> {
     match call {
-        RpcCall::Status(flag) => match ask(&node, timeout, RpcRequest::Status).await? {
-            RpcResponse::Status(s) => {
-                let value = json!({
-                    "chain": s.chain,
-                    "height": s.height.0,
-                    "tip": s.tip.to_string(),
-                    "total_work": work_json(&s.total_work),
-                    "peers": s.peers,
-                    "mempool": s.mempool,
-                    "mining": s.mining,
-                    "hashrate": s.hashrate,
-                    "state_root": s.state_root.to_string(),
-                    "peer_id": s.peer_id,
-                });
-                let text = format!(
-                    "chain {}\nheight {}\ntip {}\ntotal_work {}\nstate_root {}\npeers {}\nmempool {}\nmining {}\nhashrate {}\npeer_id {}",
-                    s.chain, s.height, s.tip, s.total_work, s.state_root, s.peers, s.mempool, s.mining, s.hashrate, s.peer_id
-                );
-                print(flag.json, value, text);
-                Ok(())
-            }
-            other => bail!("unexpected answer: {}", describe(&other)),
-        },
+        RpcCall::Status(flag) => {
+            let s = client.status()?;
+            let text = format!(
+                "chain {}\nheight {}\ntip {}\ntotal_work {}\nstate_root {}\npeers {}\nmempool {}\nmining {}\nhashrate {}\npeer_id {}\nsynced {}",
+                s.chain, s.height, s.tip, s.total_work, s.state_root, s.peers, s.mempool, s.mining, s.hashrate, s.peer_id, s.synced
+            );
+            print(flag.json, json_of(&s)?, text);
+            Ok(())
+        }
         RpcCall::Block { which, json } => {
-            let which = parse_block_ref(&which)?;
-            match ask(&node, timeout, RpcRequest::Block(which)).await? {
-                RpcResponse::Block(info) => {
-                    let h = &info.block.header;
-                    let value = json!({
-                        "height": info.height.0,
-                        "hash": info.hash.to_string(),
-                        "main_chain": info.main_chain,
-                        "prev": h.prev.to_string(),
-                        "merkle_root": h.merkle_root.to_string(),
-                        "state_root": h.state_root.to_string(),
-                        "time": h.time,
-                        "bits": h.bits.0,
-                        "nonce": h.nonce,
-                        "txs": info.block.txs.iter().map(tx_json).collect::<Vec<_>>(),
-                    });
-                    let text = format!(
-                        "height {}\nhash {}\nprev {}\ntime {}\ntxs {}\nmain_chain {}",
-                        info.height,
-                        info.hash,
-                        h.prev,
-                        h.time,
-                        info.block.txs.len(),
-                        info.main_chain
-                    );
-                    print(json.json, value, text);
-                    Ok(())
-                }
-                other => bail!("unexpected answer: {}", describe(&other)),
-            }
+            let b = client.block(&which)?;
+            let text = format!(
+                "height {}\nhash {}\nprev {}\ntime {}\ntxs {}\nmain_chain {}",
+                b.height,
+                b.hash,
+                b.prev,
+                b.time,
+                b.txs.len(),
+                b.main_chain
+            );
+            print(json.json, json_of(&b)?, text);
+            Ok(())
         }
         RpcCall::Balance { address, json } => {
             let address = parse_address(&address)?;
-            match ask(&node, timeout, RpcRequest::Balance(address)).await? {
-                RpcResponse::Balance(b) => {
-                    let value = json!({
-                        "address": b.address.to_string(),
-                        "balance": b.account.balance.0,
-                        "nonce": b.account.nonce,
-                        "next_nonce": b.next_nonce,
-                    });
-                    let text = format!(
-                        "address {}\nbalance {}\nnonce {}",
-                        b.address, b.account.balance, b.account.nonce
-                    );
-                    print(json.json, value, text);
-                    Ok(())
-                }
-                other => bail!("unexpected answer: {}", describe(&other)),
-            }
+            let b = client.address(&address)?;
+            let text = format!(
+                "address {}\nbalance {}\nnonce {}",
+                b.address, b.balance, b.nonce
+            );
+            print(json.json, json_of(&b)?, text);
+            Ok(())
         }
         RpcCall::Job { id, json } => {
             let id = id.trim().parse::<JobId>().map_err(|e| anyhow!("{e}"))?;
-            match ask(&node, timeout, RpcRequest::Job(id)).await? {
-                RpcResponse::Job(id, job) => {
-                    let value = job_json(&id, &job);
-                    let text = serde_json::to_string_pretty(&value)?;
-                    print(json.json, value, text);
-                    Ok(())
-                }
-                other => bail!("unexpected answer: {}", describe(&other)),
-            }
+            let value = json_of(&client.job(&id)?)?;
+            let text = serde_json::to_string_pretty(&value)?;
+            print(json.json, value, text);
+            Ok(())
         }
         RpcCall::Jobs { open, json } => {
-            match ask(&node, timeout, RpcRequest::Jobs { open_only: open }).await? {
-                RpcResponse::Jobs(jobs) => {
-                    let list: Vec<Value> = jobs.iter().map(|(id, job)| job_json(id, job)).collect();
-                    let text = jobs
-                        .iter()
-                        .map(|(id, job)| {
-                            format!("{id} bounty {} expires_at {}", job.bounty, job.expires_at)
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    print(json.json, json!({ "jobs": list }), text);
-                    Ok(())
-                }
-                other => bail!("unexpected answer: {}", describe(&other)),
-            }
+            let filter = open.then_some(JobFilter::Open);
+            let jobs = client.all_jobs(filter)?;
+            let text = jobs
+                .iter()
+                .map(|job| {
+                    format!(
+                        "{} {} bounty {} expires_at {}",
+                        job.id, job.status, job.bounty, job.expires_at
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            print(json.json, json!({ "jobs": jobs }), text);
+            Ok(())
         }
         RpcCall::Transfer {
             key,
@@ -898,14 +648,8 @@ async fn rpc(node: Multiaddr, timeout: Duration, call: RpcCall) -> anyhow::Resul
             let to = parse_address(&to)?;
             let key = keys::load_signing_key(&key)?;
             let from = Address::from_verifying_key(&key.verifying_key());
-            let status = match ask(&node, timeout, RpcRequest::Status).await? {
-                RpcResponse::Status(s) => s,
-                other => bail!("unexpected answer: {}", describe(&other)),
-            };
-            let nonce = match ask(&node, timeout, RpcRequest::Balance(from)).await? {
-                RpcResponse::Balance(b) => b.next_nonce,
-                other => bail!("unexpected answer: {}", describe(&other)),
-            };
+            let chain_id = client.status()?.chain_id;
+            let nonce = client.address(&from)?.next_nonce;
             let tx = TxBody {
                 from,
                 nonce,
@@ -915,18 +659,14 @@ async fn rpc(node: Multiaddr, timeout: Duration, call: RpcCall) -> anyhow::Resul
                     amount: Amount(amount),
                 },
             }
-            .sign(&key, status.chain_id)?;
-            match ask(&node, timeout, RpcRequest::SubmitTx(tx)).await? {
-                RpcResponse::TxAccepted(id) => {
-                    print(
-                        json.json,
-                        json!({ "txid": id.to_string(), "nonce": nonce }),
-                        id.to_string(),
-                    );
-                    Ok(())
-                }
-                other => bail!("unexpected answer: {}", describe(&other)),
-            }
+            .sign(&key, chain_id)?;
+            let id = client.submit_tx(&tx)?;
+            print(
+                json.json,
+                json!({ "txid": id.to_string(), "nonce": nonce }),
+                id.to_string(),
+            );
+            Ok(())
         }
     }
 }

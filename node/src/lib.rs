@@ -25,7 +25,6 @@ pub mod net;
 pub mod node;
 pub mod nonce_scan;
 pub mod observe;
-pub mod rpc_client;
 pub mod service;
 pub mod store;
 pub mod testkit;
