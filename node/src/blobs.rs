@@ -1,7 +1,8 @@
 //! The blob store: datasets, weights files and training states kept by the
 //! SHA-256 of their bytes in their own redb file (`blobs.redb`), in chunks
 //! of [`BLOB_CHUNK_BYTES`]; and the moving of blobs between peers over
-//! `/gradchain/blob/2` and from RPC clients, chunk by chunk.
+//! `/gradchain/blob/2`, chunk by chunk; HTTP API clients upload blobs
+//! into it ([`BlobStore::begin_upload`], [`BlobStore::put`]).
 //!
 //! A blob is stored as its chunks, keyed by (digest, index), and one record:
 //! its kind, length, the SHA-256 of each chunk (its [`BlobManifest`]) and
@@ -24,13 +25,14 @@
 //! written have no record: nothing reads them as a blob, and they are
 //! deleted when the check fails, when an upload is abandoned, or at the next
 //! start after a crash. A peer that sends bytes that fail a check is
-//! penalised. Uploads are bounded by quotas ([`RPC_UPLOAD_QUOTA`],
+//! penalised. Uploads are bounded by quotas ([`CLIENT_UPLOAD_QUOTA`],
 //! [`PEER_FETCH_QUOTA`]); training states no pending result needs are
 //! pruned ([`BlobStore::prune_states`]). This module must never give out
 //! unchecked bytes as a blob, and it never decides whether a job or result
 //! is valid.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -84,10 +86,6 @@ pub const WRONG_BLOB_PENALTY: u32 = 50;
 /// (about a minute) on a slow machine and a long wait in the mempool.
 pub const STATE_GRACE: Duration = Duration::from_secs(60 * 60);
 
-/// A chunked RPC upload that receives no chunk for this long is dropped,
-/// with what it had written, and its quota freed.
-pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// A budget of bytes: at most `in_flight` being written and not yet checked
 /// at once, and at most `per_window` taken in each `window`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,26 +99,30 @@ pub struct QuotaPolicy {
     pub window: Duration,
 }
 
-/// What every RPC client together may upload. One budget for all clients:
-/// a client's peer id costs nothing to mint, so a budget per id would bound
-/// nothing. In flight: two blobs at the cap, so a worker can upload while a
-/// stalled upload times out; unfinished uploads are written to disk, and
-/// this bounds what they occupy until [`UPLOAD_IDLE_TIMEOUT`] drops them.
-/// Per window: 4 GiB each 10 minutes. A result commits `n + 1` states: at
-/// the default 64 segments a 784-256-256-10 MLP (3.2 MB states) uploads
-/// 210 MB, about twenty results a window; the largest model (152 MB states)
-/// needs about three windows. States are kept [`STATE_GRACE`] even when no
-/// result names them, and an hour overlaps at most seven windows: RPC
-/// clients can fill at most 28 GiB with states nobody needs before pruning
-/// catches up.
-pub const RPC_UPLOAD_QUOTA: QuotaPolicy = QuotaPolicy {
+/// What each HTTP API client may upload, by its address
+/// ([`Uploader::Client`]): a connection costs nothing to open, so a budget
+/// per connection would bound nothing. On a loopback bind every local
+/// client comes from the same address and they all share one budget; off
+/// loopback the write routes need the node's token anyway, so only clients
+/// of its operator reach this quota. In flight: two blobs at the cap, so a
+/// worker can upload while a stalled upload still holds its share;
+/// unfinished uploads are written to disk, and this bounds what they occupy
+/// until their connection ends and their writer deletes them. Per window:
+/// 4 GiB each 10 minutes. A result commits `n + 1` states: at the default
+/// 64 segments a 784-256-256-10 MLP (3.2 MB states) uploads 210 MB, about
+/// twenty results a window; the largest model (152 MB states) needs about
+/// three windows. States are kept [`STATE_GRACE`] even when no result names
+/// them, and an hour overlaps at most seven windows: one client address
+/// can fill at most 28 GiB with states nobody needs before pruning catches
+/// up.
+pub const CLIENT_UPLOAD_QUOTA: QuotaPolicy = QuotaPolicy {
     in_flight: 2 * MAX_BLOB_BYTES as u64,
     per_window: 4 << 30,
     window: Duration::from_secs(600),
 };
 
 /// What one peer may have this node write unchecked at once: two blobs at
-/// the cap. This node only fetches blobs the chain or its own RPC clients
+/// the cap. This node only fetches blobs the chain or its own API clients
 /// name, so a peer cannot push bytes at it; what a peer controls is the
 /// manifest, and a lying manifest is only caught when the whole blob fails
 /// its digest. So the bound is on unchecked bytes at once, and a peer whose
@@ -136,10 +138,8 @@ pub const PEER_FETCH_QUOTA: QuotaPolicy = QuotaPolicy {
 /// Who is sending bytes to the store, for quotas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Uploader {
-    /// Any RPC client.
-    Rpc,
     /// An HTTP API client, by address.
-    Client(std::net::IpAddr),
+    Client(IpAddr),
     /// A peer serving a blob this node fetches.
     Peer(PeerId),
 }
@@ -173,7 +173,6 @@ pub struct QuotaExceeded {
 
 fn uploader_name(uploader: &Uploader) -> String {
     match uploader {
-        Uploader::Rpc => "an RPC upload".into(),
         Uploader::Client(ip) => format!("an upload from {ip}"),
         Uploader::Peer(peer) => format!("a fetch from peer {peer}"),
     }
@@ -181,7 +180,7 @@ fn uploader_name(uploader: &Uploader) -> String {
 
 fn limit_name(uploader: &Uploader, limit: &QuotaLimit, window: &Duration) -> String {
     let quota = match uploader {
-        Uploader::Rpc | Uploader::Client(_) => "RPC_UPLOAD_QUOTA",
+        Uploader::Client(_) => "CLIENT_UPLOAD_QUOTA",
         Uploader::Peer(_) => "PEER_FETCH_QUOTA",
     };
     match limit {
@@ -235,30 +234,6 @@ pub enum BlobError {
         got: u64,
         /// The length chunk `index` of such a blob has (0: there is none).
         expected: u64,
-    },
-    /// A chunked upload sent a chunk other than the next one.
-    #[error("upload of {digest}: chunk at offset {got}, expected offset {expected}")]
-    OutOfOrder {
-        /// The blob.
-        digest: Digest,
-        /// Where the chunk starts.
-        got: u64,
-        /// Where the next chunk must start.
-        expected: u64,
-    },
-    /// A chunked upload changed the kind or length it announced.
-    #[error("upload of {digest}: a {got_kind:?} blob of {got_total} bytes, but it began as a {expected_kind:?} blob of {expected_total} bytes")]
-    UploadChanged {
-        /// The blob.
-        digest: Digest,
-        /// The kind now announced.
-        got_kind: BlobKind,
-        /// The length now announced.
-        got_total: u64,
-        /// The kind it began with.
-        expected_kind: BlobKind,
-        /// The length it began with.
-        expected_total: u64,
     },
     /// Another transfer is writing this blob.
     #[error("blob {0} is being written by another transfer; retry when it ends")]
@@ -375,30 +350,6 @@ pub struct PruneReport {
     pub bytes: u64,
 }
 
-/// How far a chunked upload has come.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UploadProgress {
-    /// The chunk is kept; this many bytes of the blob are held so far.
-    Received(u64),
-    /// The blob is checked and stored (or was held already).
-    Stored(Digest),
-}
-
-/// One chunk of a chunked RPC upload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UploadChunk {
-    /// What the blob holds.
-    pub kind: BlobKind,
-    /// SHA-256 of the whole blob.
-    pub digest: Digest,
-    /// Length of the whole blob.
-    pub total: u64,
-    /// Where this chunk starts.
-    pub offset: u64,
-    /// Its bytes.
-    pub bytes: Vec<u8>,
-}
-
 #[derive(Debug)]
 struct Usage {
     in_flight: u64,
@@ -408,31 +359,15 @@ struct Usage {
 
 #[derive(Debug)]
 struct Quotas {
-    rpc_policy: QuotaPolicy,
+    client_policy: QuotaPolicy,
     peer_policy: QuotaPolicy,
     usage: HashMap<Uploader, Usage>,
-}
-
-/// What to do with an upload's chunk.
-enum NextChunk {
-    /// Write it after the last.
-    Continue(BlobWriter),
-    /// Start the upload with it, dropping an earlier attempt if any.
-    Start(Option<BlobWriter>),
-}
-
-/// An unfinished RPC upload; `writer` is `None` while one of its chunks is
-/// being written.
-struct Upload {
-    writer: Option<BlobWriter>,
-    last: Instant,
 }
 
 struct Shared {
     /// Blobs a [`BlobWriter`] is open for: one writer per blob, so two
     /// transfers never interleave their chunks.
     writing: Mutex<HashSet<Digest>>,
-    uploads: Mutex<HashMap<Digest, Upload>>,
     quotas: Mutex<Quotas>,
     /// One fetch at a time per name: a second asker waits for the first
     /// and then finds the blob held, instead of downloading it again.
@@ -456,8 +391,9 @@ impl std::fmt::Debug for BlobStore {
     }
 }
 
-/// Counted bytes of a transfer, given back to its quota when dropped. It
-/// holds the store weakly: an upload parks its reservation inside it.
+/// Counted bytes of a transfer, given back to its quota when dropped (the
+/// in-flight bytes; the window keeps them). It holds the store weakly, so
+/// a transfer outliving the store does not keep it alive.
 pub struct Reservation {
     shared: Weak<Shared>,
     uploader: Uploader,
@@ -470,6 +406,20 @@ impl std::fmt::Debug for Reservation {
             .field("uploader", &self.uploader)
             .field("bytes", &self.bytes)
             .finish()
+    }
+}
+
+impl Reservation {
+    /// Gives the bytes back whole, window included: for a transfer that
+    /// wrote nothing.
+    fn refund(self) {
+        if let Some(shared) = self.shared.upgrade() {
+            let mut quotas = lock(&shared.quotas);
+            if let Some(usage) = quotas.usage.get_mut(&self.uploader) {
+                usage.window_used = usage.window_used.saturating_sub(self.bytes);
+            }
+        }
+        // Dropping it gives back the in-flight bytes.
     }
 }
 
@@ -501,9 +451,8 @@ impl BlobStore {
             limits: DatasetLimits::default(),
             shared: Arc::new(Shared {
                 writing: Mutex::default(),
-                uploads: Mutex::default(),
                 quotas: Mutex::new(Quotas {
-                    rpc_policy: RPC_UPLOAD_QUOTA,
+                    client_policy: CLIENT_UPLOAD_QUOTA,
                     peer_policy: PEER_FETCH_QUOTA,
                     usage: HashMap::new(),
                 }),
@@ -518,9 +467,9 @@ impl BlobStore {
     }
 
     /// Replaces the upload quotas (tests use small ones).
-    pub fn set_quotas(&self, rpc: QuotaPolicy, peer: QuotaPolicy) {
+    pub fn set_quotas(&self, client: QuotaPolicy, peer: QuotaPolicy) {
         let mut quotas = lock(&self.shared.quotas);
-        quotas.rpc_policy = rpc;
+        quotas.client_policy = client;
         quotas.peer_policy = peer;
     }
 
@@ -557,7 +506,7 @@ impl BlobStore {
         let mut guard = lock(&self.shared.quotas);
         let quotas = &mut *guard;
         let policy = match uploader {
-            Uploader::Rpc | Uploader::Client(_) => quotas.rpc_policy,
+            Uploader::Client(_) => quotas.client_policy,
             Uploader::Peer(_) => quotas.peer_policy,
         };
         // Forget peers with nothing in flight and a spent window, so the
@@ -652,188 +601,59 @@ impl BlobStore {
         Ok(digest)
     }
 
-    /// [`Self::put`] for an RPC client, counted against
-    /// [`RPC_UPLOAD_QUOTA`].
-    pub fn put_uploaded(&self, kind: BlobKind, bytes: &[u8]) -> Result<Digest, BlobError> {
-        let _reservation = self.reserve(
-            Uploader::Rpc,
-            u64::try_from(bytes.len()).unwrap_or(u64::MAX),
-        )?;
-        self.put(kind, bytes)
-    }
-
-    /// Takes one chunk of a chunked RPC upload. The first chunk (offset 0)
-    /// starts the upload and counts its whole length against
-    /// [`RPC_UPLOAD_QUOTA`] (a first chunk again starts it over); each
-    /// next chunk must follow the last; the last one checks the whole blob
-    /// and stores it. Any refusal drops what the upload had written.
-    pub fn put_uploaded_chunk(&self, chunk: UploadChunk) -> Result<UploadProgress, BlobError> {
-        let UploadChunk {
-            kind,
-            digest,
-            total,
-            offset,
-            bytes,
-        } = chunk;
-        self.drop_idle_uploads();
-        if self.has(&digest) {
-            self.end_upload(&digest);
-            self.refresh(&digest)?;
-            return Ok(UploadProgress::Stored(digest));
-        }
-        let next = {
-            let mut uploads = lock(&self.shared.uploads);
-            match uploads.get_mut(&digest) {
-                Some(upload) => match upload.writer.take() {
-                    None => return Err(BlobError::Busy(digest)),
-                    Some(writer) if offset == 0 => NextChunk::Start(Some(writer)),
-                    Some(writer) => {
-                        let refusal = if writer.kind != kind || writer.total != total {
-                            Some(BlobError::UploadChanged {
-                                digest,
-                                got_kind: kind,
-                                got_total: total,
-                                expected_kind: writer.kind,
-                                expected_total: writer.total,
-                            })
-                        } else if writer.next_offset() != offset {
-                            Some(BlobError::OutOfOrder {
-                                digest,
-                                got: offset,
-                                expected: writer.next_offset(),
-                            })
-                        } else {
-                            None
-                        };
-                        if let Some(refusal) = refusal {
-                            upload.writer = Some(writer);
-                            return Err(refusal);
-                        }
-                        NextChunk::Continue(writer)
-                    }
-                },
-                None if offset == 0 => {
-                    uploads.insert(
-                        digest,
-                        Upload {
-                            writer: None,
-                            last: Instant::now(),
-                        },
-                    );
-                    NextChunk::Start(None)
-                }
-                None => {
-                    return Err(BlobError::OutOfOrder {
-                        digest,
-                        got: offset,
-                        expected: 0,
-                    })
-                }
-            }
-        };
-        let writer = match next {
-            NextChunk::Continue(writer) => writer,
-            NextChunk::Start(earlier) => {
-                // A first chunk again: what the earlier attempt wrote goes,
-                // and its quota with it.
-                if let Some(earlier) = earlier {
-                    earlier.abort();
-                }
-                match self.start_upload(digest, kind, total) {
-                    Ok(Some(writer)) => writer,
-                    Ok(None) => {
-                        self.end_upload(&digest);
-                        return Ok(UploadProgress::Stored(digest));
-                    }
-                    Err(err) => {
-                        self.end_upload(&digest);
-                        return Err(err);
-                    }
-                }
-            }
-        };
-        self.continue_upload(writer, &bytes)
-    }
-
-    fn start_upload(
+    /// Starts an upload of the blob `digest` of `kind` and `total` bytes
+    /// from the HTTP API client at `client`, to be written with
+    /// [`BlobWriter::write_chunk`] and ended with [`BlobWriter::finish`];
+    /// `None` when the blob is held already (its stored time refreshed, as
+    /// [`Self::put`] does for a held blob), and then nothing is charged.
+    ///
+    /// Costs, cheapest first, each paid only when the one before passed:
+    /// 1. `total` against the kind's cap ([`BlobError::TooLarge`]): free;
+    /// 2. whether the blob is held (one read): `None`;
+    /// 3. `total` charged to `client`'s [`CLIENT_UPLOAD_QUOTA`], in flight
+    ///    and in its window ([`BlobError::Quota`]);
+    /// 4. [`Self::begin`]: when it opens no writer (another transfer is
+    ///    writing the blob, [`BlobError::Busy`], or it became held
+    ///    meanwhile) nothing was written, and the charge is given back
+    ///    whole, window included.
+    ///
+    /// The writer holds the reservation: the in-flight bytes come back when
+    /// it finishes, aborts or is dropped (a client gone mid-body), and the
+    /// window keeps them.
+    pub fn begin_upload(
         &self,
+        client: IpAddr,
         digest: Digest,
         kind: BlobKind,
         total: u64,
     ) -> Result<Option<BlobWriter>, BlobError> {
         check_size(kind, total)?;
-        let reservation = self.reserve(Uploader::Rpc, total)?;
-        let mut writer = self.begin(digest, kind, total)?;
-        if let Some(writer) = &mut writer {
-            writer.hold(reservation);
+        if self.has(&digest) && self.refresh(&digest)? {
+            return Ok(None);
         }
-        Ok(writer)
-    }
-
-    fn continue_upload(
-        &self,
-        mut writer: BlobWriter,
-        bytes: &[u8],
-    ) -> Result<UploadProgress, BlobError> {
-        let digest = writer.digest;
-        if let Err(err) = writer.write_chunk(bytes, None) {
-            self.end_upload(&digest);
-            writer.abort();
-            return Err(err);
-        }
-        if writer.next_offset() < writer.total {
-            let received = writer.next_offset();
-            lock(&self.shared.uploads).insert(
-                digest,
-                Upload {
-                    writer: Some(writer),
-                    last: Instant::now(),
-                },
-            );
-            return Ok(UploadProgress::Received(received));
-        }
-        self.end_upload(&digest);
-        writer.finish().map(UploadProgress::Stored)
-    }
-
-    /// Forgets the upload of `digest`, dropping what it wrote.
-    fn end_upload(&self, digest: &Digest) {
-        let upload = lock(&self.shared.uploads).remove(digest);
-        if let Some(writer) = upload.and_then(|u| u.writer) {
-            writer.abort();
+        let reservation = self.reserve(Uploader::Client(client), total)?;
+        match self.begin(digest, kind, total) {
+            Ok(Some(mut writer)) => {
+                writer.hold(reservation);
+                Ok(Some(writer))
+            }
+            other => {
+                reservation.refund();
+                other
+            }
         }
     }
 
-    fn drop_idle_uploads(&self) {
-        let now = Instant::now();
-        let idle: Vec<BlobWriter> = {
-            let mut uploads = lock(&self.shared.uploads);
-            let stale: Vec<Digest> = uploads
-                .iter()
-                .filter(|(_, u)| {
-                    u.writer.is_some() && now.duration_since(u.last) >= UPLOAD_IDLE_TIMEOUT
-                })
-                .map(|(digest, _)| *digest)
-                .collect();
-            stale
-                .iter()
-                .filter_map(|digest| uploads.remove(digest).and_then(|u| u.writer))
-                .collect()
-        };
-        for writer in idle {
-            tracing::info!(blob = %writer.digest, received = writer.next_offset(), total = writer.total, "idle upload dropped");
-            writer.abort();
-        }
-    }
-
-    /// Marks a held blob as stored now (its kind unchecked, so unchanged).
-    fn refresh(&self, digest: &Digest) -> Result<(), BlobError> {
+    /// Marks a held blob as stored now (its kind unchecked, so unchanged);
+    /// false when it is not held.
+    fn refresh(&self, digest: &Digest) -> Result<bool, BlobError> {
         let txn = self.write_txn(Durability::Immediate)?;
-        {
+        let held = {
             let mut records = txn.open_table(RECORDS).map_err(db_error)?;
-            refresh_record(&mut records, digest, None)?;
-        }
-        txn.commit().map_err(db_error)
+            refresh_record(&mut records, digest, None)?
+        };
+        txn.commit().map_err(db_error)?;
+        Ok(held)
     }
 
     /// Checks `bytes` fit `kind`; the tensor digest of a weights file.
@@ -1322,7 +1142,7 @@ impl Iterator for BlobChunks {
 /// A writer never touches a blob that became held meanwhile (a whole
 /// [`BlobStore::put`] of the same bytes): each of its writes and its
 /// clean-up first look for the record in the same transaction. It holds the
-/// store weakly, since an RPC upload parks its writer inside the store; it
+/// store weakly, so a writer outliving the store does not keep it alive; it
 /// needs only the database to clean up.
 pub struct BlobWriter {
     db: Arc<Database>,
@@ -1911,23 +1731,25 @@ mod tests {
         table.range::<&[u8; 36]>(&first..=&last).unwrap().count()
     }
 
-    /// Uploads `bytes` the way an RPC client does, chunk by chunk.
-    fn upload(store: &BlobStore, kind: BlobKind, bytes: &[u8]) -> Result<Digest, BlobError> {
+    /// The address of the tests' HTTP client.
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// Uploads `bytes` from `client` the way the HTTP route does, chunk by
+    /// chunk.
+    fn upload(
+        store: &BlobStore,
+        client: IpAddr,
+        kind: BlobKind,
+        bytes: &[u8],
+    ) -> Result<Digest, BlobError> {
         let digest = sha256(bytes);
-        let total = bytes.len() as u64;
-        for (index, chunk) in bytes.chunks(CHUNK).enumerate() {
-            let progress = store.put_uploaded_chunk(UploadChunk {
-                kind,
-                digest,
-                total,
-                offset: (index * CHUNK) as u64,
-                bytes: chunk.to_vec(),
-            })?;
-            if let UploadProgress::Stored(digest) = progress {
-                return Ok(digest);
-            }
+        let Some(mut writer) = store.begin_upload(client, digest, kind, bytes.len() as u64)? else {
+            return Ok(digest);
+        };
+        for chunk in bytes.chunks(CHUNK) {
+            writer.write_chunk(chunk, None)?;
         }
-        panic!("an upload of {total} bytes never ended")
+        writer.finish()
     }
 
     #[test]
@@ -2250,61 +2072,57 @@ mod tests {
     }
 
     #[test]
-    fn chunked_uploads_are_checked_ordered_and_bounded() {
+    fn client_uploads_are_checked_ordered_and_bounded() {
         let (_dir, store) = open();
         let chunk = CHUNK as u64;
         store.set_quotas(
             QuotaPolicy {
                 in_flight: 3 * chunk,
-                per_window: 9 * chunk,
+                per_window: 7 * chunk,
                 window: Duration::from_secs(600),
             },
             PEER_FETCH_QUOTA,
         );
+        let other_client = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
         let first = pattern(2 * CHUNK + 1, 10);
         let digest = sha256(&first);
-        let part = |offset: usize, len: usize| UploadChunk {
-            kind: BlobKind::State,
-            digest,
-            total: first.len() as u64,
-            offset: offset as u64,
-            bytes: first[offset..offset + len].to_vec(),
-        };
+        let total = first.len() as u64;
         assert!(matches!(
-            store.put_uploaded_chunk(part(CHUNK, CHUNK)),
-            Err(BlobError::OutOfOrder { expected: 0, .. })
+            store.begin_upload(CLIENT, digest, BlobKind::State, MAX_BLOB_BYTES as u64 + 1),
+            Err(BlobError::TooLarge { .. })
         ));
-        assert_eq!(
-            store.put_uploaded_chunk(part(0, CHUNK)).unwrap(),
-            UploadProgress::Received(chunk)
-        );
+        let mut writer = store
+            .begin_upload(CLIENT, digest, BlobKind::State, total)
+            .unwrap()
+            .unwrap();
+        // Each chunk must have the length of its place in the blob.
         assert!(matches!(
-            store.put_uploaded_chunk(part(0, 1)),
-            Err(BlobError::ChunkLength { .. })
+            writer.write_chunk(&first[..1], None),
+            Err(BlobError::ChunkLength { index: 0, got: 1, expected, .. }) if expected == chunk
         ));
-        // A refused first chunk ended that attempt; start again.
-        assert_eq!(
-            store.put_uploaded_chunk(part(0, CHUNK)).unwrap(),
-            UploadProgress::Received(chunk)
-        );
+        writer.write_chunk(&first[..CHUNK], None).unwrap();
+        assert_eq!(writer.next_offset(), chunk);
         assert!(matches!(
-            store.put_uploaded_chunk(part(2 * CHUNK, 1)),
-            Err(BlobError::OutOfOrder { got, expected, .. }) if got == 2 * chunk && expected == chunk
+            writer.write_chunk(&first[2 * CHUNK..], None),
+            Err(BlobError::ChunkLength { index: 1, got: 1, expected, .. }) if expected == chunk
         ));
-        let mut changed = part(CHUNK, CHUNK);
-        changed.total += 1;
+        assert_eq!(writer.next_offset(), chunk);
+        // One upload per blob at once, whoever sends it; the refused one
+        // is charged nothing (the window below counts it out).
+        let small = pattern(10, 16);
+        let theirs = store
+            .begin_upload(other_client, sha256(&small), BlobKind::State, 10)
+            .unwrap()
+            .unwrap();
         assert!(matches!(
-            store.put_uploaded_chunk(changed),
-            Err(BlobError::UploadChanged { .. })
+            store.begin_upload(CLIENT, sha256(&small), BlobKind::State, 10),
+            Err(BlobError::Busy(busy)) if busy == sha256(&small)
         ));
-        assert_eq!(
-            store.put_uploaded_chunk(part(CHUNK, CHUNK)).unwrap(),
-            UploadProgress::Received(2 * chunk)
-        );
+        drop(theirs);
 
         // A second upload would pass the bytes in flight.
         let second = pattern(2 * CHUNK, 11);
-        let refused = upload(&store, BlobKind::State, &second).unwrap_err();
+        let refused = upload(&store, CLIENT, BlobKind::State, &second).unwrap_err();
         let BlobError::Quota(quota) = &refused else {
             panic!("expected a quota refusal, got {refused}");
         };
@@ -2317,7 +2135,7 @@ mod tests {
                 quota.max
             ),
             (
-                Uploader::Rpc,
+                Uploader::Client(CLIENT),
                 QuotaLimit::InFlight,
                 2 * chunk + 1,
                 2 * chunk,
@@ -2325,50 +2143,65 @@ mod tests {
             )
         );
         assert!(
-            refused.to_string().contains("RPC_UPLOAD_QUOTA in-flight"),
+            refused
+                .to_string()
+                .contains("CLIENT_UPLOAD_QUOTA in-flight"),
             "{refused}"
         );
-
+        assert!(!store.has(&sha256(&second)));
+        // Another address has a budget of its own.
         assert_eq!(
-            store.put_uploaded_chunk(part(2 * CHUNK, 1)).unwrap(),
-            UploadProgress::Stored(digest)
+            upload(&store, other_client, BlobKind::State, &second).unwrap(),
+            sha256(&second)
         );
+
+        writer.write_chunk(&first[CHUNK..2 * CHUNK], None).unwrap();
+        writer.write_chunk(&first[2 * CHUNK..], None).unwrap();
+        assert_eq!(writer.finish().unwrap(), digest);
         assert_eq!(store.get(&digest).unwrap(), Some(first.clone()));
         // Held already: answered at once, nothing counted.
-        assert_eq!(
-            store.put_uploaded_chunk(part(0, CHUNK)).unwrap(),
-            UploadProgress::Stored(digest)
-        );
+        assert!(store
+            .begin_upload(CLIENT, digest, BlobKind::State, total)
+            .unwrap()
+            .is_none());
 
         // Wrong bytes: refused at the end, nothing kept, quota given back.
-        let mut lie = second.clone();
         let lie_digest = sha256(&first[..CHUNK]);
-        let mut offset = 0;
-        let mut last = None;
-        for chunk in lie.chunks_mut(CHUNK) {
-            last = Some(store.put_uploaded_chunk(UploadChunk {
-                kind: BlobKind::State,
-                digest: lie_digest,
-                total: second.len() as u64,
-                offset,
-                bytes: chunk.to_vec(),
-            }));
-            offset += chunk.len() as u64;
+        let mut writer = store
+            .begin_upload(CLIENT, lie_digest, BlobKind::State, second.len() as u64)
+            .unwrap()
+            .unwrap();
+        for piece in second.chunks(CHUNK) {
+            writer.write_chunk(piece, None).unwrap();
         }
-        assert!(matches!(last, Some(Err(BlobError::WrongDigest { .. }))));
+        assert_eq!(stored_chunks(&store, &lie_digest), 2);
+        assert!(matches!(
+            writer.finish(),
+            Err(BlobError::WrongDigest { got, expected }) if got == sha256(&second) && expected == lie_digest
+        ));
         assert!(!store.has(&lie_digest));
         assert_eq!(stored_chunks(&store, &lie_digest), 0);
+        let third = pattern(2 * CHUNK, 12);
+        assert_eq!(
+            upload(&store, CLIENT, BlobKind::State, &third).unwrap(),
+            sha256(&third)
+        );
 
-        // The window counted each start: three of the first (2 MiB + 1
-        // each) and the lie (2 MiB).
-        let refused = store
-            .put_uploaded(BlobKind::State, &pattern(CHUNK, 12))
-            .unwrap_err();
+        // The window counted the first (2 MiB + 1), the lie and the third
+        // (2 MiB each), and nothing for the busy, refused and held ones.
+        let refused = upload(&store, CLIENT, BlobKind::State, &pattern(CHUNK, 13)).unwrap_err();
         assert!(matches!(
             &refused,
-            BlobError::Quota(quota) if quota.limit == QuotaLimit::PerWindow
+            BlobError::Quota(quota)
+                if quota.limit == QuotaLimit::PerWindow && quota.used == 6 * chunk + 1
         ));
         assert!(refused.to_string().contains("per-600s-window"), "{refused}");
+        // The other address's window is its own.
+        let fourth = pattern(CHUNK, 14);
+        assert_eq!(
+            upload(&store, other_client, BlobKind::State, &fourth).unwrap(),
+            sha256(&fourth)
+        );
     }
 
     #[test]
@@ -2430,26 +2263,41 @@ mod tests {
     }
 
     #[test]
-    fn closing_the_store_drops_an_unfinished_upload() {
+    fn an_abandoned_upload_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(BLOB_FILE);
         let bytes = pattern(2 * CHUNK, 15);
         let digest = sha256(&bytes);
+        let total = bytes.len() as u64;
         {
             let store = BlobStore::open(&path).unwrap();
-            let progress = store
-                .put_uploaded_chunk(UploadChunk {
-                    kind: BlobKind::State,
-                    digest,
-                    total: bytes.len() as u64,
-                    offset: 0,
-                    bytes: bytes[..CHUNK].to_vec(),
-                })
+            store.set_quotas(
+                QuotaPolicy {
+                    in_flight: total,
+                    ..CLIENT_UPLOAD_QUOTA
+                },
+                PEER_FETCH_QUOTA,
+            );
+            let mut writer = store
+                .begin_upload(CLIENT, digest, BlobKind::State, total)
+                .unwrap()
                 .unwrap();
-            assert_eq!(progress, UploadProgress::Received(CHUNK as u64));
+            writer.write_chunk(&bytes[..CHUNK], None).unwrap();
+            assert_eq!(stored_chunks(&store, &digest), 1);
+            // The client goes away mid-body: its writer is dropped, with
+            // what it wrote and its bytes in flight.
+            drop(writer);
+            assert_eq!(stored_chunks(&store, &digest), 0);
+            assert!(!store.has(&digest));
+            let mut writer = store
+                .begin_upload(CLIENT, digest, BlobKind::State, total)
+                .unwrap()
+                .unwrap();
+            writer.write_chunk(&bytes[..CHUNK], None).unwrap();
+            // The store closes with the upload still open.
+            drop(store);
+            drop(writer);
         }
-        // The parked upload neither keeps the database open nor leaves its
-        // chunk behind.
         let store = BlobStore::open(&path).unwrap();
         assert_eq!(stored_chunks(&store, &digest), 0);
         assert!(!store.has(&digest));
