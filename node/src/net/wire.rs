@@ -108,6 +108,16 @@ impl FrameCodec {
     }
 }
 
+/// The most of a frame's body read at once: 64 KiB, so that a peer that
+/// announces a large frame (up to 8 MiB for sync, a chunk for blobs) and
+/// then stalls costs one step of memory, not the announced length.
+const FRAME_READ_STEP: usize = 64 * 1024;
+
+/// Reads one frame: the length, refused above `max` before anything else is
+/// read, then the body in steps of at most [`FRAME_READ_STEP`]. The buffer
+/// grows only as bytes arrive (doubling, never past the announced length),
+/// so a frame in flight costs at most one step plus twice what the peer
+/// actually sent.
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
@@ -119,8 +129,23 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::
             format!("frame of {len} bytes, expected at most {max}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    let mut step = vec![0u8; len.min(FRAME_READ_STEP)];
+    let mut buf = Vec::new();
+    while buf.len() < len {
+        let missing = len.saturating_sub(buf.len());
+        let want = &mut step[..missing.min(FRAME_READ_STEP)];
+        let got = io.read(want).await?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("frame ended after {} of {len} bytes", buf.len()),
+            ));
+        }
+        if buf.capacity().saturating_sub(buf.len()) < got {
+            buf.reserve_exact(buf.capacity().max(got).min(missing));
+        }
+        buf.extend_from_slice(&want[..got]);
+    }
     Ok(buf)
 }
 
@@ -189,10 +214,128 @@ impl libp2p::request_response::Codec for FrameCodec {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+    use futures::FutureExt as _;
     use protocol::codec;
     use protocol::rpc::{BlobKind, MAX_BLOB_BYTES};
 
     use super::*;
+
+    /// A peer that sends `data` and then stalls (or, with `eof`, hangs
+    /// up), recording the largest buffer it was asked to fill: a reader
+    /// that allocated the announced length up front asks for all of it.
+    struct Peer {
+        data: Vec<u8>,
+        sent: usize,
+        eof: bool,
+        largest_ask: usize,
+    }
+
+    impl Peer {
+        fn new(announced: u32, body: &[u8], eof: bool) -> Self {
+            let mut data = announced.to_le_bytes().to_vec();
+            data.extend_from_slice(body);
+            Self {
+                data,
+                sent: 0,
+                eof,
+                largest_ask: 0,
+            }
+        }
+    }
+
+    impl AsyncRead for Peer {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            self.largest_ask = self.largest_ask.max(buf.len());
+            let rest = &self.data[self.sent..];
+            if rest.is_empty() {
+                return if self.eof {
+                    Poll::Ready(Ok(0))
+                } else {
+                    Poll::Pending
+                };
+            }
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            self.sent += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn a_stalled_frame_costs_one_step_not_the_announced_length() {
+        // 8 MiB announced, 100 KiB sent, then nothing.
+        let mut peer = Peer::new(MAX_SYNC_FRAME as u32, &[7; 100 * 1024], false);
+        assert!(read_frame(&mut peer, MAX_SYNC_FRAME)
+            .now_or_never()
+            .is_none());
+        assert_eq!(peer.sent, 4 + 100 * 1024);
+        assert_eq!(peer.largest_ask, FRAME_READ_STEP);
+    }
+
+    #[test]
+    fn an_announced_large_but_short_frame_is_an_error() {
+        let mut peer = Peer::new(MAX_SYNC_FRAME as u32, &[7; 1000], true);
+        let err = block_on(read_frame(&mut peer, MAX_SYNC_FRAME)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            err.to_string()
+                .contains(&format!("after 1000 of {MAX_SYNC_FRAME} bytes")),
+            "{err}"
+        );
+        assert!(peer.largest_ask <= FRAME_READ_STEP, "{}", peer.largest_ask);
+    }
+
+    #[test]
+    fn a_frame_over_the_max_is_refused_before_its_body_is_read() {
+        let max = 1000;
+        let mut peer = Cursor::new({
+            let mut bytes = (max as u32 + 1).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[1; 1001]);
+            bytes
+        });
+        let err = block_on(read_frame(&mut peer, max)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            err.to_string(),
+            "frame of 1001 bytes, expected at most 1000"
+        );
+        assert_eq!(peer.position(), 4, "only the length was read");
+        // At the max, the same frame is read whole.
+        let mut peer = Cursor::new({
+            let mut bytes = (max as u32).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[1; 1000]);
+            bytes
+        });
+        assert_eq!(block_on(read_frame(&mut peer, max)).unwrap(), vec![1; 1000]);
+    }
+
+    #[test]
+    fn frames_of_several_steps_and_empty_frames_round_trip() {
+        let frames = [
+            Vec::new(),
+            vec![3; 10],
+            (0..FRAME_READ_STEP * 3 + 5).map(|i| i as u8).collect(),
+        ];
+        for frame in frames {
+            let mut written = Cursor::new(Vec::new());
+            block_on(write_frame(&mut written, &frame, MAX_SYNC_FRAME)).unwrap();
+            let mut peer = Cursor::new(written.into_inner());
+            let read = block_on(read_frame(&mut peer, MAX_SYNC_FRAME)).unwrap();
+            assert_eq!(read.len(), frame.len());
+            assert_eq!(read, frame);
+            // Grown as the bytes came, never past the announced length.
+            assert!(read.capacity() <= frame.len(), "{}", read.capacity());
+        }
+    }
 
     #[test]
     fn blob_requests_have_pinned_bytes() {
