@@ -52,9 +52,9 @@ const MAX_JSON_ANSWER_BYTES: u64 = 32 * 1024 * 1024;
 const MAX_RAW_ANSWER_BYTES: usize = protocol::codec::MAX_DECODE_BYTES;
 
 /// Uploads above this size ask the node with `Expect: 100-continue` first,
-/// so that a refusal (too large, over quota, no token) arrives before the
-/// body is sent.
-const EXPECT_CONTINUE_ABOVE: usize = 1024 * 1024;
+/// so that a refusal (too large, over quota, no token) or a blob the node
+/// holds already is answered before the body is sent.
+const EXPECT_CONTINUE_ABOVE: usize = 64 * 1024;
 
 /// The largest token file read.
 const MAX_TOKEN_FILE_BYTES: u64 = 4096;
@@ -535,15 +535,18 @@ impl NodeClient {
         Ok(id)
     }
 
-    /// `POST /api/blobs?kind=…`: stores `bytes` as a blob of `kind` and
-    /// returns its digest, checked to be the SHA-256 of the bytes.
+    /// `POST /api/blobs?kind=…&digest=…`: stores `bytes` as a blob of
+    /// `kind`, named by their SHA-256 (which lets the node write them as
+    /// they arrive and skip a blob it holds), and returns the digest the
+    /// node answers, checked to be that SHA-256.
     pub fn put_blob(&self, kind: BlobKind, bytes: &[u8]) -> Result<Digest, ClientError> {
         let kind_name = match kind {
             BlobKind::Dataset => "dataset",
             BlobKind::Weights => "weights",
             BlobKind::State => "state",
         };
-        let path = format!("/api/blobs?kind={kind_name}");
+        let expected = Digest(protocol::sha256(bytes));
+        let path = format!("/api/blobs?kind={kind_name}&digest={expected}");
         let mut request = self
             .agent
             .post(self.full(&path))
@@ -556,7 +559,6 @@ impl NodeClient {
         }
         let response = request.send(bytes).map_err(|e| self.transport(&path, e))?;
         let stored: BlobStored = self.json_answer(&path, response)?;
-        let expected = Digest(protocol::sha256(bytes));
         let digest = stored
             .digest
             .parse::<Digest>()
@@ -1038,7 +1040,10 @@ mod tests {
         assert!(matches!(err, ClientError::Malformed { .. }), "{err:?}");
         let request = seen.recv().unwrap();
         assert!(
-            request.head.starts_with("POST /api/blobs?kind=dataset "),
+            request.head.starts_with(&format!(
+                "POST /api/blobs?kind=dataset&digest={} ",
+                Digest(protocol::sha256(b"abc"))
+            )),
             "{}",
             request.head
         );
