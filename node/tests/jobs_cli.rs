@@ -1,5 +1,6 @@
 //! The mission's loop end to end with the real `gradchain-trainer` binary
-//! against three regtest nodes on loopback: `dataset put` digits on one
+//! against three regtest nodes on loopback, through their HTTP APIs:
+//! `dataset put` digits on one
 //! node, `job post` with a bounty and `--min-accuracy 0.9`, `work --once`
 //! on another node trains, serves its training states and submits with a
 //! bond, the result goes pending and settles at the end of its window,
@@ -20,6 +21,7 @@ use node::testkit::{init_test_logging, start_regtest, wait_until};
 use protocol::params::faucet_key;
 use protocol::state::JobStatus;
 use protocol::{Address, Amount, Digest, JobId};
+use trainer::client::NodeClient;
 
 const WAIT: Duration = Duration::from_secs(300);
 
@@ -74,12 +76,11 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
         .ok_or_else(|| anyhow::anyhow!("no address"))?;
     let b_node = start_regtest(dirs[1].path(), vec![a.clone()], None).await?;
     let c_node = start_regtest(dirs[2].path(), vec![a.clone()], None).await?;
-    let b = b_node
-        .p2p_addr()
-        .ok_or_else(|| anyhow::anyhow!("no address"))?;
-    let c = c_node
-        .p2p_addr()
-        .ok_or_else(|| anyhow::anyhow!("no address"))?;
+    let api = |node: &node::RunningNode| {
+        node.http_url()
+            .ok_or_else(|| anyhow::anyhow!("the node serves no HTTP API"))
+    };
+    let (a_url, b, c) = (api(&miner)?, api(&b_node)?, api(&c_node)?);
     wait_until("peers connected", WAIT, || {
         let (nb, nc) = (b_node.network().clone(), c_node.network().clone());
         async move { nb.peer_count() >= 1 && nc.peer_count() >= 1 }
@@ -112,16 +113,10 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
         },
     }
     .sign(&faucet_key(), params.chain_id)?;
-    match node::rpc_client::call(
-        &a,
-        &protocol::rpc::RpcRequest::SubmitTx(fund),
-        Duration::from_secs(30),
-    )
-    .await?
-    {
-        protocol::rpc::RpcResponse::TxAccepted(_) => {}
-        other => anyhow::bail!("funding refused: {other:?}"),
-    }
+    let client = NodeClient::new(&a_url)?;
+    tokio::task::spawn_blocking(move || client.submit_tx(&fund))
+        .await?
+        .map_err(|e| anyhow::anyhow!("funding refused: {e}"))?;
     wait_until("the worker funded on C", WAIT, || {
         let chain = c_node.chain().clone();
         async move { matches!(chain.balance(worker).await, Ok(b) if b.account.balance.0 == FUNDS) }
@@ -136,7 +131,7 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
             "dataset",
             "put",
             "--node",
-            &b.to_string(),
+            &b,
             digits,
             "--task",
             "classification",
@@ -153,7 +148,7 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
             "job",
             "post",
             "--node",
-            &b.to_string(),
+            &b,
             "--key",
             &poster_key.display().to_string(),
             "--dataset",
@@ -179,7 +174,7 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
         .args([
             "work",
             "--node",
-            &c.to_string(),
+            &c,
             "--key",
             &worker_key.display().to_string(),
             "--once",
@@ -250,7 +245,7 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
     let mut args = vec![
         "predict".to_owned(),
         "--node".to_owned(),
-        a.to_string(),
+        a_url.clone(),
         "--job".to_owned(),
         job.to_string(),
         "--json".to_owned(),
@@ -286,7 +281,7 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
         .args([
             "predict",
             "--node",
-            &a.to_string(),
+            &a_url,
             "--job",
             &job.to_string(),
             "--input",

@@ -11,19 +11,22 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use libp2p::Multiaddr;
-use node::rpc_client;
 use node::testkit::{init_test_logging, start_regtest, wait_until};
 use node::RunningNode;
+use protocol::api::ErrorCode;
 use protocol::job::worker_seed;
 use protocol::params::faucet_key;
-use protocol::rpc::{BlobKind, RpcErrorCode, RpcRequest, RpcResponse};
+use protocol::rpc::BlobKind;
 use protocol::state::JobStatus;
 use protocol::{
     Acceptance, Address, Amount, ChainParams, Height, JobId, JobSpec, SignedTx, TxBody, TxKind,
 };
+use trainer::client::{ClientError, NodeClient};
 use trainer::{Dataset, DatasetLimits, TaskKind, TrainSettings};
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+mod support;
+use support::{api_of, call};
+
 const WAIT: Duration = Duration::from_secs(120);
 
 fn iris() -> anyhow::Result<Dataset> {
@@ -71,33 +74,20 @@ fn addr_of(node: &RunningNode) -> anyhow::Result<Multiaddr> {
         .ok_or_else(|| anyhow::anyhow!("no listen address"))
 }
 
-async fn ask(addr: &Multiaddr, request: RpcRequest) -> anyhow::Result<RpcResponse> {
-    Ok(rpc_client::call(addr, &request, TIMEOUT).await?)
+async fn put_dataset(api: &NodeClient, dataset: &Dataset) -> anyhow::Result<()> {
+    let blob = dataset.to_blob();
+    let digest = call(api, move |api| api.put_blob(BlobKind::Dataset, &blob))
+        .await?
+        .map_err(|e| anyhow::anyhow!("dataset refused: {e}"))?;
+    anyhow::ensure!(digest == dataset.digest(), "stored as {digest}");
+    Ok(())
 }
 
-async fn put_dataset(addr: &Multiaddr, dataset: &Dataset) -> anyhow::Result<()> {
-    match ask(
-        addr,
-        RpcRequest::PutBlob {
-            kind: BlobKind::Dataset,
-            bytes: dataset.to_blob(),
-        },
-    )
-    .await?
-    {
-        RpcResponse::BlobStored(digest) => {
-            anyhow::ensure!(digest == dataset.digest(), "stored as {digest}");
-            Ok(())
-        }
-        other => anyhow::bail!("dataset refused: {other:?}"),
-    }
-}
-
-async fn submit(addr: &Multiaddr, tx: SignedTx) -> anyhow::Result<()> {
-    match ask(addr, RpcRequest::SubmitTx(tx)).await? {
-        RpcResponse::TxAccepted(_) => Ok(()),
-        other => anyhow::bail!("refused: {other:?}"),
-    }
+async fn submit(api: &NodeClient, tx: SignedTx) -> anyhow::Result<()> {
+    call(api, move |api| api.submit_tx(&tx))
+        .await?
+        .map_err(|e| anyhow::anyhow!("refused: {e}"))?;
+    Ok(())
 }
 
 async fn job_status(node: &RunningNode, job: JobId) -> Option<JobStatus> {
@@ -115,14 +105,14 @@ async fn an_expired_job_refunds_the_poster_exactly() -> anyhow::Result<()> {
         Some((Address([0xa1; 32]), Duration::from_millis(100))),
     )
     .await?;
-    let addr = addr_of(&node)?;
+    let api = api_of(&node)?;
     let dataset = iris()?;
-    put_dataset(&addr, &dataset).await?;
+    put_dataset(&api, &dataset).await?;
     let before = node.chain().balance(params.faucet).await?.account.balance;
     let expires_at = node.chain().tip().height.0 + 8;
     let tx = post(&spec(&dataset)?, 2_500, expires_at)?;
     let job = JobId::from(tx.id()?);
-    submit(&addr, tx).await?;
+    submit(&api, tx).await?;
     wait_until("the job posted", WAIT, || {
         let chain = node.chain().clone();
         async move { matches!(chain.job(job).await, Ok(Some(_))) }
@@ -188,10 +178,14 @@ async fn a_peer_serving_wrong_dataset_bytes_is_penalised_and_the_job_stays_out(
 
     let tx = post(&spec(&dataset)?, 1_000, 100)?;
     let txid = tx.id()?;
-    let message = match ask(&addr_of(&honest)?, RpcRequest::SubmitTx(tx)).await? {
-        RpcResponse::Error(err) => {
-            assert_eq!(err.code, RpcErrorCode::TxRejected);
-            err.message
+    let message = match call(&api_of(&honest)?, move |api| api.submit_tx(&tx)).await? {
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+        }) => {
+            assert_eq!((status, code), (400, ErrorCode::TxRejected));
+            message
         }
         other => anyhow::bail!("a job with an unverifiable dataset was admitted: {other:?}"),
     };
@@ -232,7 +226,8 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
         Some((Address([0xc3; 32]), Duration::from_millis(400))),
     )
     .await?;
-    let (a_addr, c_addr) = (addr_of(&a)?, addr_of(&c)?);
+    let a_addr = addr_of(&a)?;
+    let (a_api, c_api) = (api_of(&a)?, api_of(&c)?);
     let dataset = iris()?;
     let spec = spec(&dataset)?;
     // The same job is posted, and the worker funded for its bond, on both
@@ -252,10 +247,10 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
         },
     }
     .sign(&faucet_key(), params.chain_id)?;
-    for addr in [&a_addr, &c_addr] {
-        put_dataset(addr, &dataset).await?;
-        submit(addr, tx.clone()).await?;
-        submit(addr, fund.clone()).await?;
+    for api in [&a_api, &c_api] {
+        put_dataset(api, &dataset).await?;
+        submit(api, tx.clone()).await?;
+        submit(api, fund.clone()).await?;
     }
     // The result is mined, and settles, on C's side only.
     let seed = worker_seed(&job, &worker_address, spec.base_seed);
@@ -285,7 +280,7 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
     })
     .await
     .map_err(anyhow::Error::msg)?;
-    submit(&c_addr, result_tx.clone()).await?;
+    submit(&c_api, result_tx.clone()).await?;
     wait_until("the bounty paid on C", WAIT, || {
         let chain = c.chain().clone();
         async move {
@@ -355,7 +350,7 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
     })
     .await
     .map_err(anyhow::Error::msg)?;
-    submit(&a_addr, result_tx.clone()).await?;
+    submit(&a_api, result_tx.clone()).await?;
     for node in [&a, &c, &m] {
         wait_until("the bounty paid again", WAIT, || {
             let chain = node.chain().clone();

@@ -1,12 +1,13 @@
 //! Blobs larger than one message, on real regtest nodes on loopback.
 //!
-//! - A training state of over 4 MiB, too large for one RPC message, is put
-//!   on A through the chunked RPC upload the trainer uses.
+//! - A training state of over 4 MiB, five chunks, is put on A over HTTP in
+//!   one streamed upload, as the trainer does.
 //! - C fetches it chunk by chunk: every response is at most one chunk and
 //!   its envelope, one response per chunk after the manifest.
 //! - A rogue peer that announces the right manifest but serves a corrupted
 //!   chunk is asked first: its chunk is refused as it arrives (nothing after
 //!   it is asked for), it is penalised, and the same fetch succeeds from A.
+//! - C then serves the whole blob to its own HTTP clients.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -24,11 +25,11 @@ use node::net::wire::{
 use node::testkit::{init_test_logging, start_regtest, wait_until};
 use node::RunningNode;
 use protocol::codec;
-use protocol::rpc::{
-    BlobKind, BlobManifest, BlobName, RpcRequest, RpcResponse, BLOB_CHUNK_BYTES,
-    MAX_RPC_MESSAGE_BYTES,
-};
+use protocol::rpc::{BlobKind, BlobManifest, BlobName, BLOB_CHUNK_BYTES};
 use protocol::Digest;
+
+mod support;
+use support::{api_of, call};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const CHUNK: usize = BLOB_CHUNK_BYTES as usize;
@@ -165,15 +166,13 @@ async fn a_large_state_is_fetched_chunk_by_chunk_and_a_lying_peer_is_penalised(
     let c = addr_of(&c_node)?;
     wait_peer(&c_node, a_node.peer_id()).await?;
 
-    // Too large for one message: the client uploads it in chunks.
     let state = big_state();
     let digest = Digest(protocol::sha256(&state));
-    let whole = codec::encode(&RpcRequest::PutBlob {
-        kind: BlobKind::State,
-        bytes: state.clone(),
-    })?;
-    assert!(whole.len() > MAX_RPC_MESSAGE_BYTES);
-    let stored = trainer::rpc_client::put_blob(&a, BlobKind::State, &state, TIMEOUT).await?;
+    let upload = state.clone();
+    let stored = call(&api_of(&a_node)?, move |api| {
+        api.put_blob(BlobKind::State, &upload)
+    })
+    .await??;
     assert_eq!(stored, digest);
     let manifest = a_node
         .blobs()
@@ -218,22 +217,10 @@ async fn a_large_state_is_fetched_chunk_by_chunk_and_a_lying_peer_is_penalised(
     let (score, _) = c_node.network().penalty(a_node.peer_id()).await?;
     assert_eq!(score, 0);
 
-    // C now serves it to its own clients, across a chunk boundary.
-    let answer = trainer::rpc_client::call(
-        &c,
-        &RpcRequest::GetBlob {
-            name: BlobName::Content(digest),
-            offset: (CHUNK - 5) as u64,
-            max_len: 10,
-        },
-        TIMEOUT,
-    )
-    .await?;
-    let RpcResponse::BlobChunk(slice) = answer else {
-        anyhow::bail!("expected a blob chunk, got {answer:?}");
-    };
-    assert_eq!(slice.bytes, state[CHUNK - 5..CHUNK + 5]);
-    assert_eq!(slice.total, state.len() as u64);
+    // C now serves it whole to its own clients.
+    let served = call(&api_of(&c_node)?, move |api| api.get_blob(&digest)).await??;
+    assert_eq!(served.len(), state.len());
+    assert!(served == state, "C served other bytes");
 
     rogue_task.abort();
     c_node.stop().await;

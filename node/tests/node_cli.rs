@@ -1,8 +1,12 @@
-//! The command line's offline parts: `keygen` prints the address alone on
-//! its line and refuses to overwrite, and `bench hash` prints both rates and
-//! their ratio.
+//! The command line's local parts: `keygen` prints the address alone on
+//! its line and refuses to overwrite, `bench hash` prints both rates and
+//! their ratio, and `run` logs plain text (no colour codes) or JSON lines
+//! when its stderr is not a terminal.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 fn node_cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_gradchain-node"))
@@ -58,4 +62,71 @@ fn bench_hash_prints_both_rates_and_the_ratio() {
     assert!(miner > 0.0, "{stdout}");
     let bad = node_cli(&["bench", "hash", "--seconds", "0"]);
     assert!(!bad.status.success());
+}
+
+/// Runs a regtest node with `extra` flags and stderr on a pipe until it
+/// logs that its HTTP API listens; returns the lines it logged.
+fn run_until_listening(extra: &[&str]) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gradchain-node"))
+        .args(["run", "--chain", "regtest", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gradchain-node");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let done = line.contains("HTTP API listening");
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("HTTP API listening")),
+        "the node never said its HTTP API listens: {lines:#?}"
+    );
+    lines
+}
+
+#[test]
+fn logs_on_a_pipe_are_plain_text_or_json_lines() {
+    let text = run_until_listening(&[]);
+    for line in &text {
+        assert!(
+            !line.contains('\u{1b}'),
+            "a colour code on a pipe: {line:?}"
+        );
+    }
+    assert!(text.iter().any(|l| l.contains(" INFO ")), "{text:#?}");
+
+    let json = run_until_listening(&["--log-format", "json"]);
+    for line in &json {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        assert!(value["level"].is_string(), "{line}");
+        assert!(value["fields"].is_object(), "{line}");
+    }
 }

@@ -22,10 +22,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use node::testkit::{init_test_logging, start_regtest_auditing, wait_until};
+use protocol::api::ErrorCode;
 use protocol::params::faucet_key;
-use protocol::rpc::{BlobKind, PredictionOut, RpcErrorCode, RpcRequest, RpcResponse};
+use protocol::rpc::BlobKind;
 use protocol::state::{ChallengeOutcome, JobStatus, BURN_ADDRESS};
-use protocol::{Address, Amount, ChainParams, F32Bits, JobId, TxKind};
+use protocol::{Address, Amount, ChainParams, JobId, TxKind};
+use trainer::client::ClientError;
 
 mod support;
 use support::*;
@@ -67,24 +69,25 @@ async fn honest_results_settle_and_lazy_workers_are_slashed() -> anyhow::Result<
         auditing(0.1, &auditors[0]),
     )
     .await?;
-    let a = addr_of(&a_node)?;
+    let a_p2p = addr_of(&a_node)?;
+    let a = api_of(&a_node)?;
     let b_node = start_regtest_auditing(
         dirs[1].path(),
-        vec![a.clone()],
+        vec![a_p2p.clone()],
         None,
         auditing(0.1, &auditors[1]),
     )
     .await?;
-    let b = addr_of(&b_node)?;
+    let b = api_of(&b_node)?;
     // C knows A and B, so it can fetch the states B serves.
     let c_node = start_regtest_auditing(
         dirs[2].path(),
-        vec![a.clone(), b.clone()],
+        vec![a_p2p.clone(), addr_of(&b_node)?],
         None,
         auditing(0.1, &auditors[2]),
     )
     .await?;
-    let c = addr_of(&c_node)?;
+    let c = api_of(&c_node)?;
     let nodes = [&a_node, &b_node, &c_node];
     wait_until("peers connected", WAIT, || {
         let (nb, nc) = (b_node.network().clone(), c_node.network().clone());
@@ -126,19 +129,18 @@ async fn honest_results_settle_and_lazy_workers_are_slashed() -> anyhow::Result<
     // No node holds the dataset yet: the poster gets a clear error.
     let dataset = iris()?;
     let spec = iris_spec(&dataset, 30, 700_000, 24)?;
-    match ask(
-        &b,
-        RpcRequest::SubmitTx(post(faucet_nonce, &spec, BOUNTY, 10_000)?),
-    )
-    .await?
-    {
-        RpcResponse::Error(err) => {
-            assert_eq!(err.code, RpcErrorCode::TxRejected);
+    let unheld = post(faucet_nonce, &spec, BOUNTY, 10_000)?;
+    match call(&b, move |api| api.submit_tx(&unheld)).await? {
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+        }) => {
+            assert_eq!((status, code), (400, ErrorCode::TxRejected));
             assert!(
-                err.message.contains("does not hold dataset")
-                    && err.message.contains(&spec.dataset.digest.to_string()),
-                "{}",
-                err.message
+                message.contains("does not hold dataset")
+                    && message.contains(&spec.dataset.digest.to_string()),
+                "{message}"
             );
         }
         other => anyhow::bail!("a job without data was admitted: {other:?}"),
@@ -224,14 +226,7 @@ async fn honest_results_settle_and_lazy_workers_are_slashed() -> anyhow::Result<
         );
         assert_eq!(stats.fraud_proofs.load(Ordering::Relaxed), 0);
     }
-    let view = json_of(&[
-        "rpc",
-        "--node",
-        &c.to_string(),
-        "job",
-        &job.to_string(),
-        "--json",
-    ])?;
+    let view = json_of(&["rpc", "--node", c.url(), "job", &job.to_string(), "--json"])?;
     assert_eq!(view["status"], serde_json::json!("fulfilled"));
     assert_eq!(view["segments"], serde_json::json!(64));
     assert_eq!(
@@ -259,23 +254,15 @@ async fn honest_results_settle_and_lazy_workers_are_slashed() -> anyhow::Result<
     put_blob(&b, BlobKind::Weights, std::fs::read(&weights_path)?).await?;
     let row: Vec<f32> = dataset.x()[..4].to_vec();
     let expected = trainer::predict(&outcome.model, &row)?;
-    match ask(
-        &c,
-        RpcRequest::Predict {
-            job,
-            rows: vec![row.iter().copied().map(F32Bits::from_f32).collect()],
-        },
-    )
-    .await?
-    {
-        RpcResponse::Predictions(got) => match (&got[0], &expected[0]) {
-            (
-                PredictionOut::Class { class, .. },
-                trainer::Prediction::Class { class: want, .. },
-            ) => assert_eq!(class, want),
-            other => anyhow::bail!("unexpected predictions {other:?}"),
-        },
-        other => anyhow::bail!("predict failed: {other:?}"),
+    let rows = vec![row.clone()];
+    let got = call(&c, move |api| api.predict(&job, rows))
+        .await?
+        .map_err(|e| anyhow::anyhow!("predict failed: {e}"))?;
+    match (&got.predictions[0], &expected[0]) {
+        (got, trainer::Prediction::Class { class: want, .. }) => {
+            assert_eq!(got.class, Some(*want), "{got:?}")
+        }
+        other => anyhow::bail!("unexpected predictions {other:?}"),
     }
 
     // 2. A lazy worker, honest for 32 of 64 segments.
@@ -344,7 +331,7 @@ async fn honest_results_settle_and_lazy_workers_are_slashed() -> anyhow::Result<
     // 2b. One bad segment, the last; D audits everything.
     let d_node = start_regtest_auditing(
         dirs[3].path(),
-        vec![a.clone()],
+        vec![a_p2p.clone()],
         None,
         auditing(1.0, &auditors[3]),
     )

@@ -7,10 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::Multiaddr;
-use node::rpc_client;
 use node::testkit::{init_test_logging, start_regtest};
-use protocol::rpc::{BlockRef, RpcRequest, RpcResponse};
+use protocol::api::{BlockView, StatusView};
+use protocol::rpc::BlockRef;
 use protocol::{Address, Height};
+use trainer::client::{ClientError, NodeClient};
 
 const ROUNDS: u64 = 4;
 
@@ -22,7 +23,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 struct Process {
     child: Child,
-    addr: Multiaddr,
+    api: NodeClient,
 }
 
 fn spawn_node(
@@ -33,6 +34,7 @@ fn spawn_node(
 ) -> anyhow::Result<Process> {
     let port = free_port()?;
     let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let http = format!("127.0.0.1:{}", free_port()?);
     let mut command = Command::new(env!("CARGO_BIN_EXE_gradchain-node"));
     command
         .args([
@@ -46,6 +48,7 @@ fn spawn_node(
         .arg(peer.to_string())
         .arg("--data-dir")
         .arg(data_dir)
+        .args(["--http", &http])
         .stdout(Stdio::null())
         .stderr(
             std::fs::OpenOptions::new()
@@ -64,48 +67,51 @@ fn spawn_node(
     }
     Ok(Process {
         child: command.spawn()?,
-        addr: listen.parse()?,
+        api: NodeClient::new(&format!("http://{http}"))?,
     })
 }
 
-async fn height_of(addr: &Multiaddr) -> Option<Height> {
-    match rpc_client::call(addr, &RpcRequest::Status, Duration::from_secs(5)).await {
-        Ok(RpcResponse::Status(status)) => Some(status.height),
-        _ => None,
-    }
+/// Runs a call of the blocking client on a thread of its own.
+async fn call<T: Send + 'static>(
+    api: &NodeClient,
+    f: impl FnOnce(&NodeClient) -> Result<T, ClientError> + Send + 'static,
+) -> anyhow::Result<T> {
+    let api = api.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&api)).await??)
+}
+
+async fn status_of(api: &NodeClient) -> Option<StatusView> {
+    let api = api.clone().with_timeout(Duration::from_secs(5));
+    call(&api, |api| api.status()).await.ok()
 }
 
 /// Polls the node's height until `done` holds for it, within `timeout`.
 async fn poll_height(
-    addr: &Multiaddr,
+    api: &NodeClient,
     timeout: Duration,
     done: impl Fn(Height) -> bool,
 ) -> anyhow::Result<Height> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(height) = height_of(addr).await {
-            if done(height) {
-                return Ok(height);
+        if let Some(status) = status_of(api).await {
+            if done(Height(status.height)) {
+                return Ok(Height(status.height));
             }
         }
         if Instant::now() >= deadline {
-            anyhow::bail!("timed out after {timeout:?} polling the height of {addr}");
+            anyhow::bail!(
+                "timed out after {timeout:?} polling the height of {}",
+                api.url()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-async fn block_at(addr: &Multiaddr, height: Height) -> anyhow::Result<protocol::rpc::BlockInfo> {
-    match rpc_client::call(
-        addr,
-        &RpcRequest::Block(BlockRef::Height(height)),
-        Duration::from_secs(10),
-    )
-    .await?
-    {
-        RpcResponse::Block(info) => Ok(info),
-        other => anyhow::bail!("no block at {height}: {other:?}"),
-    }
+async fn block_at(api: &NodeClient, height: Height) -> anyhow::Result<BlockView> {
+    call(api, move |api| api.block(&height.to_string()))
+        .await
+        .map_err(|e| anyhow::anyhow!("no block at {height}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +141,7 @@ async fn a_node_killed_while_mining_restarts_on_an_intact_chain_and_catches_up(
     let mut peer_id = None;
     for round in 0..ROUNDS {
         let mut process = spawn_node(&data_dir, &log, &peer_addr, true)?;
-        let addr = process.addr.clone();
+        let addr = process.api.clone();
         let resumed = poll_height(&addr, Duration::from_secs(60), |_| true)
             .await
             .map_err(|e| {
@@ -145,9 +151,7 @@ async fn a_node_killed_while_mining_restarts_on_an_intact_chain_and_catches_up(
                 )
             })?;
         assert!(resumed >= last_seen, "round {round}: resumed at {resumed}, below the {last_seen} it reported before the kill");
-        if let Ok(RpcResponse::Status(status)) =
-            rpc_client::call(&addr, &RpcRequest::Status, Duration::from_secs(5)).await
-        {
+        if let Some(status) = status_of(&addr).await {
             if let Some(previous) = &peer_id {
                 assert_eq!(
                     previous, &status.peer_id,
@@ -158,13 +162,14 @@ async fn a_node_killed_while_mining_restarts_on_an_intact_chain_and_catches_up(
         }
         // The stored chain links from the tip down.
         let mut child = block_at(&addr, resumed).await?;
+        assert_eq!(child.height, resumed.0);
         for _ in 0..5 {
-            let Some(below) = child.height.prev() else {
+            let Some(below) = Height(child.height).prev() else {
                 break;
             };
             let parent = block_at(&addr, below).await?;
             assert_eq!(
-                child.block.header.prev, parent.hash,
+                child.prev, parent.hash,
                 "round {round}: broken link at {}",
                 child.height
             );
@@ -187,18 +192,19 @@ async fn a_node_killed_while_mining_restarts_on_an_intact_chain_and_catches_up(
     // mining so that an equal-work fork left by the kill (first seen wins
     // ties) is settled by the peer's next block.
     let mut process = spawn_node(&data_dir, &log, &peer_addr, false)?;
-    let addr = process.addr.clone();
+    let addr = process.api.clone();
     let goal = Height(peer.chain().height().0 + 3);
     let caught_up = async {
         poll_height(&addr, Duration::from_secs(120), |h| h >= goal).await?;
-        let theirs = block_at(&addr, goal).await?;
+        let which = goal.to_string();
+        let theirs = call(&addr, move |api| api.block_raw(&which)).await?;
         let ours = peer
             .chain()
             .block(BlockRef::Height(goal))
             .await?
             .ok_or_else(|| anyhow::anyhow!("the peer has no block at {goal}"))?;
         anyhow::ensure!(
-            theirs.hash == ours.hash,
+            theirs.hash() == ours.hash,
             "the restarted node is on another branch at {goal}"
         );
         anyhow::Ok(())
@@ -230,7 +236,7 @@ async fn sigterm_stops_the_node_cleanly_and_it_resumes_where_it_stopped() -> any
         .ok_or_else(|| anyhow::anyhow!("no listen address"))?;
 
     let mut process = spawn_node(&data_dir, &log, &peer_addr, true)?;
-    let reached = poll_height(&process.addr, Duration::from_secs(60), |h| h.0 >= 5).await?;
+    let reached = poll_height(&process.api, Duration::from_secs(60), |h| h.0 >= 5).await?;
     let status = Command::new("kill")
         .args(["-TERM", &process.child.id().to_string()])
         .status()?;
@@ -251,7 +257,7 @@ async fn sigterm_stops_the_node_cleanly_and_it_resumes_where_it_stopped() -> any
     assert!(text.contains("node stopped"), "{text}");
 
     let mut process = spawn_node(&data_dir, &log, &peer_addr, false)?;
-    let resumed = poll_height(&process.addr, Duration::from_secs(60), |_| true).await;
+    let resumed = poll_height(&process.api, Duration::from_secs(60), |_| true).await;
     process.child.kill()?;
     process.child.wait()?;
     assert!(resumed? >= reached);

@@ -1,36 +1,54 @@
-//! The peer RPC and the `rpc` command with bad input: an unknown block, a
-//! malformed address, undecodable bytes, a bad signature and an overspend
-//! each get a clear error with a code, and the node stays up.
+//! The HTTP API through the client and the `rpc` command with bad input:
+//! an unknown block, transaction, job or blob, malformed hex, a bad
+//! signature, an overspend, an oversized blob and a write without the token
+//! each get the status, code and message that name the problem, and the
+//! node stays up.
 
 use std::process::Command;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use node::rpc_client;
-use node::testkit::{init_test_logging, start_regtest};
+use node::testkit::{init_test_logging, regtest_config};
+use protocol::api::ErrorCode;
 use protocol::params::faucet_key;
-use protocol::rpc::{BlockRef, RpcErrorCode, RpcRequest, RpcResponse};
-use protocol::{Address, Amount, BlockHash, ChainParams, Height, TxBody, TxKind};
+use protocol::rpc::{BlobKind, MAX_WEIGHTS_BYTES};
+use protocol::{Address, Amount, BlockHash, ChainParams, Digest, JobId, TxBody, TxId, TxKind};
+use trainer::client::{ClientError, NodeClient};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// The node's HTTP token in this test.
+const TOKEN: &str = "a-token-of-at-least-16-chars";
 
-fn expect_error(response: RpcResponse, code: RpcErrorCode, needle: &str) {
-    match response {
-        RpcResponse::Error(err) => {
-            assert_eq!(err.code, code, "{}", err.message);
+/// Asserts that `outcome` is the node's refusal with `status` and `code`,
+/// its message mentioning `needle`.
+fn expect_refusal<T: std::fmt::Debug>(
+    outcome: Result<T, ClientError>,
+    status: u16,
+    code: ErrorCode,
+    needle: &str,
+) {
+    match outcome {
+        Err(ClientError::Api {
+            status: got_status,
+            code: got_code,
+            message,
+        }) => {
+            assert_eq!((got_status, got_code), (status, code), "{message}");
+            assert_eq!(code.status(), status);
             assert!(
-                err.message.contains(needle),
-                "{:?} does not mention {needle:?}",
-                err.message
+                message.contains(needle),
+                "{message:?} does not mention {needle:?}"
             );
         }
-        other => panic!("expected a {code:?} error, got {other:?}"),
+        other => panic!("expected a {status} {code:?} refusal, got {other:?}"),
     }
 }
 
 fn cli(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_gradchain-node"))
         .args(args)
+        .env_remove("GRADCHAIN_NODE")
+        .env_remove("GRADCHAIN_HTTP_TOKEN_FILE")
         .output()
         .expect("run gradchain-node");
     (
@@ -40,35 +58,29 @@ fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs the blocking client's calls on a thread of their own, so that the
+/// runtime's workers keep serving the node.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("the client thread ran")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_rpc_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Result<()> {
+async fn bad_http_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Result<()> {
     init_test_logging();
     let dir = tempfile::tempdir()?;
-    let node = start_regtest(dir.path(), vec![], None).await?;
-    let addr = node
-        .p2p_addr()
-        .ok_or_else(|| anyhow::anyhow!("no listen address"))?;
+    let mut config = regtest_config(dir.path(), vec![]);
+    config.http_token = Some(TOKEN.into());
+    let node = node::start(config).await?;
+    let url = node
+        .http_url()
+        .ok_or_else(|| anyhow::anyhow!("the node serves no HTTP API"))?;
+    let token_file = dir.path().join("http-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
     let params = ChainParams::regtest();
-
-    let unknown_height = rpc_client::call(
-        &addr,
-        &RpcRequest::Block(BlockRef::Height(Height(10_000))),
-        TIMEOUT,
-    )
-    .await?;
-    expect_error(unknown_height, RpcErrorCode::NotFound, "10000");
-    let unknown_hash = BlockHash([0xab; 32]);
-    let response = rpc_client::call(
-        &addr,
-        &RpcRequest::Block(BlockRef::Hash(unknown_hash)),
-        TIMEOUT,
-    )
-    .await?;
-    expect_error(response, RpcErrorCode::NotFound, &unknown_hash.to_string());
-
-    let garbage = rpc_client::call_bytes(&addr, vec![0xff; 40], TIMEOUT).await?;
-    let garbage: RpcResponse = protocol::codec::decode(&garbage)?;
-    expect_error(garbage, RpcErrorCode::Malformed, "undecodable");
+    let anonymous = NodeClient::new(&url)?.with_timeout(TIMEOUT);
+    let api = anonymous.clone().with_token(Some(TOKEN.into()));
 
     let mut forged = TxBody {
         from: params.faucet,
@@ -84,13 +96,6 @@ async fn bad_rpc_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Resu
         to: Address([1; 32]),
         amount: Amount(10_000),
     };
-    let response = rpc_client::call(&addr, &RpcRequest::SubmitTx(forged), TIMEOUT).await?;
-    expect_error(
-        response,
-        RpcErrorCode::TxRejected,
-        "signature does not verify",
-    );
-
     let poor = SigningKey::from_bytes(&[3; 32]);
     let overspend = TxBody {
         from: Address::ZERO,
@@ -102,19 +107,154 @@ async fn bad_rpc_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Resu
         },
     }
     .sign(&poor, params.chain_id)?;
-    let response = rpc_client::call(&addr, &RpcRequest::SubmitTx(overspend), TIMEOUT).await?;
-    expect_error(response, RpcErrorCode::TxRejected, "needs 1005 but has 0");
+    let good = TxBody {
+        from: params.faucet,
+        nonce: 0,
+        fee: Amount(5),
+        kind: TxKind::Transfer {
+            to: Address([1; 32]),
+            amount: Amount(10),
+        },
+    }
+    .sign(&faucet_key(), params.chain_id)?;
+
+    let (api_c, anonymous_c) = (api.clone(), anonymous.clone());
+    blocking(move || {
+        let (api, anonymous) = (api_c, anonymous_c);
+        // Unknown things are 404 and named.
+        expect_refusal(api.block("10000"), 404, ErrorCode::NotFound, "10000");
+        let unknown_hash = BlockHash([0xab; 32]);
+        expect_refusal(
+            api.block(&unknown_hash.to_string()),
+            404,
+            ErrorCode::NotFound,
+            &unknown_hash.to_string(),
+        );
+        expect_refusal(api.block_raw("10000"), 404, ErrorCode::NotFound, "10000");
+        let unknown_tx = TxId([0xcd; 32]);
+        expect_refusal(
+            api.tx(&unknown_tx),
+            404,
+            ErrorCode::NotFound,
+            &unknown_tx.to_string(),
+        );
+        let unknown_job = JobId([0xef; 32]);
+        expect_refusal(
+            api.job(&unknown_job),
+            404,
+            ErrorCode::NotFound,
+            &unknown_job.to_string(),
+        );
+        assert!(api
+            .job_record(&unknown_job)
+            .expect("a 404 is an answer")
+            .is_none());
+        expect_refusal(
+            api.predict(&unknown_job, vec![vec![1.0]]),
+            404,
+            ErrorCode::NotFound,
+            &unknown_job.to_string(),
+        );
+        let unknown_blob = Digest([0x12; 32]);
+        expect_refusal(
+            api.get_blob(&unknown_blob),
+            404,
+            ErrorCode::NotFound,
+            &unknown_blob.to_string(),
+        );
+
+        // Malformed hex is 400 and names the field.
+        expect_refusal(
+            api.get_json::<serde_json::Value>("/api/jobs/zz"),
+            400,
+            ErrorCode::BadRequest,
+            "\"zz\" is not 64 hex characters",
+        );
+        expect_refusal(
+            api.get_json::<serde_json::Value>("/api/address/not-an-address"),
+            400,
+            ErrorCode::BadRequest,
+            "address",
+        );
+        expect_refusal(
+            api.post_body::<serde_json::Value>("/api/tx", "text/plain", b"zz-not-hex"),
+            400,
+            ErrorCode::BadRequest,
+            "not hexadecimal",
+        );
+        expect_refusal(
+            api.post_body::<serde_json::Value>(
+                "/api/tx",
+                "application/json",
+                b"{\"hex\":\"00ff\"}",
+            ),
+            400,
+            ErrorCode::BadRequest,
+            "not a signed transaction",
+        );
+
+        // Refused transactions are 400 tx_rejected with the reason.
+        expect_refusal(
+            api.submit_tx(&forged),
+            400,
+            ErrorCode::TxRejected,
+            "signature does not verify",
+        );
+        expect_refusal(
+            api.submit_tx(&overspend),
+            400,
+            ErrorCode::TxRejected,
+            "needs 1005 but has 0",
+        );
+
+        // A blob over its kind's cap is refused before it is sent.
+        let oversized = vec![7u8; MAX_WEIGHTS_BYTES + 1];
+        expect_refusal(
+            api.put_blob(BlobKind::Weights, &oversized),
+            413,
+            ErrorCode::TooLarge,
+            &(MAX_WEIGHTS_BYTES + 1).to_string(),
+        );
+
+        // Writes need the token; reads do not.
+        expect_refusal(
+            anonymous.submit_tx(&good),
+            401,
+            ErrorCode::Unauthorized,
+            "Authorization: Bearer",
+        );
+        expect_refusal(
+            anonymous.put_blob(BlobKind::Dataset, b"not stored"),
+            401,
+            ErrorCode::Unauthorized,
+            "Authorization: Bearer",
+        );
+        let wrong = anonymous.clone().with_token(Some("x".repeat(20)));
+        expect_refusal(
+            wrong.submit_tx(&good),
+            401,
+            ErrorCode::Unauthorized,
+            "Authorization: Bearer",
+        );
+        anonymous.status().expect("reads need no token");
+    })
+    .await;
+    assert_eq!(node.chain().mempool_ids().await?.len(), 0);
 
     // The command line: one line on stderr and a non-zero exit.
-    let node_arg = addr.to_string();
-    let (ok, _, stderr) = cli(&["rpc", "--node", &node_arg, "balance", "not-an-address"]);
+    let (ok, _, stderr) = cli(&["rpc", "--node", &url, "balance", "not-an-address"]);
     assert!(!ok);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("expected 64 hex characters"), "{stderr}");
-    let (ok, _, stderr) = cli(&["rpc", "--node", &node_arg, "block", "123456", "--json"]);
+    let (ok, _, stderr) = cli(&["rpc", "--node", &url, "block", "123456", "--json"]);
     assert!(!ok);
-    assert!(stderr.contains("NotFound"), "{stderr}");
-    let (ok, _, stderr) = cli(&["rpc", "--node", &node_arg, "status", "--bogus"]);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("node refused: not_found"), "{stderr}");
+    assert!(stderr.contains("123456"), "{stderr}");
+    let (ok, _, stderr) = cli(&["rpc", "--node", &url, "job", &"ef".repeat(32)]);
+    assert!(!ok);
+    assert!(stderr.contains("node refused: not_found"), "{stderr}");
+    let (ok, _, stderr) = cli(&["rpc", "--node", &url, "status", "--bogus"]);
     assert!(!ok);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     let (ok, _, stderr) = cli(&[
@@ -126,12 +266,55 @@ async fn bad_rpc_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Resu
     ]);
     assert!(!ok);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("expected http://HOST:PORT"), "{stderr}");
+    let (ok, _, stderr) = cli(&[
+        "healthcheck",
+        "--node",
+        "http://127.0.0.1:1",
+        "--timeout",
+        "5",
+    ]);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot reach node at http://127.0.0.1:1"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = cli(&["healthcheck", "--node", &url]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("ok height 0 tip "), "{stdout}");
+
+    // A transfer: refused without the token, accepted with it.
+    let key_file = dir.path().join("faucet.key");
+    std::fs::write(&key_file, hex::encode(faucet_key().to_bytes()))?;
+    let key_arg = key_file.display().to_string();
+    let to = Address([1; 32]).to_string();
+    let transfer = ["transfer", "--key", &key_arg, "--to", &to, "--amount", "10"];
+    let mut args = vec!["rpc", "--node", &url];
+    args.extend(transfer);
+    let (ok, _, stderr) = cli(&args);
+    assert!(!ok);
+    assert!(stderr.contains("node refused: unauthorized"), "{stderr}");
+    let token_arg = token_file.display().to_string();
+    let mut args = vec!["rpc", "--node", &url, "--http-token-file", &token_arg];
+    args.extend(transfer);
+    args.push("--json");
+    let (ok, stdout, stderr) = cli(&args);
+    assert!(ok, "{stderr}");
+    let sent: serde_json::Value = serde_json::from_str(stdout.trim())?;
+    assert_eq!(sent["nonce"], serde_json::json!(0));
+    let txid: TxId = sent["txid"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no txid in {sent}"))?
+        .parse()?;
+    assert_eq!(node.chain().mempool_ids().await?, vec![txid]);
 
     // Still up and answering.
-    let (ok, stdout, stderr) = cli(&["rpc", "--node", &node_arg, "status", "--json"]);
+    let (ok, stdout, stderr) = cli(&["rpc", "--node", &url, "status", "--json"]);
     assert!(ok, "{stderr}");
     let status: serde_json::Value = serde_json::from_str(stdout.trim())?;
     for key in [
+        "chain",
         "height",
         "tip",
         "total_work",
@@ -140,13 +323,15 @@ async fn bad_rpc_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Resu
         "mining",
         "hashrate",
         "state_root",
+        "peer_id",
     ] {
         assert!(status.get(key).is_some(), "status lacks {key}: {status}");
     }
+    assert_eq!(status["mempool"], serde_json::json!(1));
     let (ok, stdout, _) = cli(&[
         "rpc",
         "--node",
-        &node_arg,
+        &url,
         "balance",
         &params.faucet.to_string(),
         "--json",
@@ -158,7 +343,7 @@ async fn bad_rpc_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Resu
         serde_json::json!(params.faucet_premine.0)
     );
     assert_eq!(balance["nonce"], serde_json::json!(0));
-    assert_eq!(node.chain().mempool_ids().await?.len(), 0);
+    assert_eq!(balance["next_nonce"], serde_json::json!(1));
 
     node.stop().await;
     Ok(())

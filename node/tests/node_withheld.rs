@@ -37,15 +37,15 @@ async fn withheld_data_parks_blocks_and_everyone_converges_once_it_is_served() -
         tempfile::tempdir()?,
     ];
     let w_node = start_regtest_auditing(dirs[0].path(), vec![], None, quiet()).await?;
-    let w = addr_of(&w_node)?;
+    let w = api_of(&w_node)?;
     let a_node = start_regtest_auditing(
         dirs[1].path(),
-        vec![w.clone()],
+        vec![addr_of(&w_node)?],
         Some((Address([0xa1; 32]), Duration::from_millis(200))),
         quiet(),
     )
     .await?;
-    let a = addr_of(&a_node)?;
+    let a = api_of(&a_node)?;
     let c_node = start_regtest_auditing(dirs[2].path(), vec![], None, quiet()).await?;
     wait_until("A and W connected", WAIT, || {
         let n = w_node.network().clone();
@@ -159,7 +159,7 @@ async fn withheld_data_parks_blocks_and_everyone_converges_once_it_is_served() -
     ));
 
     // C meets A, which has the data: it fetches, connects and converges.
-    c_node.network().connect(a.clone());
+    c_node.network().connect(addr_of(&a_node)?);
     wait_until("C on A's chain", WAIT, || {
         let (c, a) = (c_node.chain().clone(), a_node.chain().clone());
         async move {

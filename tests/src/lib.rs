@@ -1,5 +1,6 @@
 //! Workspace-level integration tests for gradchain: several real nodes on
-//! 127.0.0.1 in one process, talking libp2p to each other (see `tests/`).
+//! 127.0.0.1 in one process, talking libp2p to each other and answering
+//! clients over their HTTP APIs (see `tests/`).
 //!
 //! The library itself is empty; the tests drive the node through its public
 //! API (`node::start`, `node::testkit`) and must never reach into its
@@ -14,6 +15,30 @@ use protocol::{
     merkle_root, Address, Block, BlockHash, ChainParams, Coinbase, Header, StateRoot, Transaction,
 };
 use tokio::sync::mpsc;
+use trainer::client::{ClientError, NodeClient};
+
+/// How long one HTTP call of a test may take.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of `node`'s HTTP API.
+pub fn api_of(node: &node::RunningNode) -> anyhow::Result<NodeClient> {
+    let url = node
+        .http_url()
+        .ok_or_else(|| anyhow::anyhow!("the node serves no HTTP API"))?;
+    Ok(NodeClient::new(&url)?.with_timeout(HTTP_TIMEOUT))
+}
+
+/// Runs a call of the blocking client on a thread of its own, so that the
+/// runtime's workers keep serving the nodes; the outer error is only the
+/// thread's.
+pub async fn call<T, F>(api: &NodeClient, f: F) -> anyhow::Result<Result<T, ClientError>>
+where
+    T: Send + 'static,
+    F: FnOnce(&NodeClient) -> Result<T, ClientError> + Send + 'static,
+{
+    let api = api.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&api)).await?)
+}
 
 /// A gossipsub-only libp2p client driven by its own task: what a peer that
 /// misbehaves looks like to a node.

@@ -1,5 +1,5 @@
 //! Floods that cost their sender nothing get no training. A node auditing
-//! every segment receives, through gossip and through its RPC, 200
+//! every segment receives, through gossip and through its HTTP API, 200
 //! `SubmitResult`s with bad signatures; through gossip, a block of forged
 //! results on an unknown parent, and a block of results with bad signatures
 //! at the regtest minimum work on its tip. No replay and no audit runs, the
@@ -11,18 +11,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use gradchain_tests::{forged_block, raw_client};
+use gradchain_tests::{api_of, call, forged_block, raw_client};
 use node::jobs::AuditConfig;
 use node::net::wire::{BLOCKS_TOPIC, TXS_TOPIC};
-use node::rpc_client;
 use node::testkit::{init_test_logging, start_regtest, start_regtest_auditing, wait_until};
+use protocol::api::ErrorCode;
 use protocol::params::faucet_key;
-use protocol::rpc::{BlobKind, BlockRef, RpcErrorCode, RpcRequest, RpcResponse};
+use protocol::rpc::{BlobKind, BlockRef};
 use protocol::segments::segments_root;
 use protocol::{
     codec, Acceptance, Address, Amount, BlockHash, ChainParams, Digest, F32Bits, Height, JobId,
     JobResult, SegmentLeaf, SignedTx, TestMetric, Transaction, TxBody, TxKind,
 };
+
+use trainer::client::ClientError;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -120,16 +122,10 @@ async fn floods_that_cost_nothing_get_no_training() -> anyhow::Result<()> {
     }
     .sign(&faucet_key(), params.chain_id)?;
     let job = JobId::from(post.id()?);
-    match rpc_client::call(
-        &a_addr,
-        &RpcRequest::SubmitTx(post),
-        Duration::from_secs(30),
-    )
-    .await?
-    {
-        RpcResponse::TxAccepted(_) => {}
-        other => anyhow::bail!("job refused: {other:?}"),
-    }
+    let a_api = api_of(&a)?;
+    call(&a_api, move |api| api.submit_tx(&post))
+        .await?
+        .map_err(|e| anyhow::anyhow!("job refused: {e}"))?;
     wait_until("the job on both nodes", WAIT, || {
         let (ca, cb) = (a.chain().clone(), b.chain().clone());
         async move {
@@ -140,13 +136,17 @@ async fn floods_that_cost_nothing_get_no_training() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
 
     let worker = SigningKey::from_bytes(&[0x62; 32]);
-    // 200 results with bad signatures through the RPC: each refused.
+    // 200 results with bad signatures through the HTTP API: each refused.
     for salt in 0..200u32 {
         let tx = forged_result(&worker, job, spec.segments, salt, true)?;
-        match rpc_client::call(&a_addr, &RpcRequest::SubmitTx(tx), Duration::from_secs(30)).await? {
-            RpcResponse::Error(err) => {
-                assert_eq!(err.code, RpcErrorCode::TxRejected);
-                assert!(err.message.contains("signature"), "{}", err.message);
+        match call(&a_api, move |api| api.submit_tx(&tx)).await? {
+            Err(ClientError::Api {
+                status,
+                code,
+                message,
+            }) => {
+                assert_eq!((status, code), (400, ErrorCode::TxRejected));
+                assert!(message.contains("signature"), "{message}");
             }
             other => anyhow::bail!("a forged result was admitted: {other:?}"),
         }

@@ -1,15 +1,15 @@
-//! A transfer submitted over the peer RPC to one node is gossiped, mined by
+//! A transfer submitted over one node's HTTP API is gossiped, mined by
 //! another, and shows in the recipient's balance on every node.
 
 use std::time::Duration;
 
+use gradchain_tests::{api_of, call};
 use node::testkit::{init_test_logging, start_regtest, wait_until};
 use protocol::params::faucet_key;
-use protocol::rpc::{RpcRequest, RpcResponse};
 use protocol::{Address, Amount, ChainParams, TxBody, TxKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_rpc_transfer_is_gossiped_mined_and_visible_everywhere() -> anyhow::Result<()> {
+async fn an_http_transfer_is_gossiped_mined_and_visible_everywhere() -> anyhow::Result<()> {
     init_test_logging();
     let dirs = [
         tempfile::tempdir()?,
@@ -40,19 +40,11 @@ async fn an_rpc_transfer_is_gossiped_mined_and_visible_everywhere() -> anyhow::R
 
     let recipient = Address([0x77; 32]);
     let params = ChainParams::regtest();
-    let c_addr = c
-        .p2p_addr()
-        .ok_or_else(|| anyhow::anyhow!("no listen address"))?;
-    let nonce = match node::rpc_client::call(
-        &c_addr,
-        &RpcRequest::Balance(params.faucet),
-        Duration::from_secs(30),
-    )
-    .await?
-    {
-        RpcResponse::Balance(info) => info.next_nonce,
-        other => anyhow::bail!("unexpected answer {other:?}"),
-    };
+    let c_api = api_of(&c)?;
+    let faucet = params.faucet;
+    let nonce = call(&c_api, move |api| api.address(&faucet))
+        .await??
+        .next_nonce;
     let tx = TxBody {
         from: params.faucet,
         nonce,
@@ -64,12 +56,13 @@ async fn an_rpc_transfer_is_gossiped_mined_and_visible_everywhere() -> anyhow::R
     }
     .sign(&faucet_key(), params.chain_id)?;
     let expected_id = tx.id()?;
-    match node::rpc_client::call(&c_addr, &RpcRequest::SubmitTx(tx), Duration::from_secs(30))
+    let id = call(&c_api, move |api| api.submit_tx(&tx))
         .await?
-    {
-        RpcResponse::TxAccepted(id) => assert_eq!(id, expected_id),
-        other => anyhow::bail!("transfer refused: {other:?}"),
-    }
+        .map_err(|e| anyhow::anyhow!("transfer refused: {e}"))?;
+    assert_eq!(id, expected_id);
+    let pending = call(&c_api, move |api| api.tx(&id)).await??;
+    assert!(pending.in_mempool || pending.block.is_some(), "{pending:?}");
+    assert_eq!(pending.tx.id, expected_id.to_string());
 
     for (name, node) in [("miner", &miner), ("b", &b), ("c", &c)] {
         wait_until(

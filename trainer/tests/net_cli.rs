@@ -142,3 +142,51 @@ fn the_node_comes_from_the_environment_and_a_multiaddr_is_refused() -> anyhow::R
     );
     Ok(())
 }
+
+#[test]
+fn logs_on_a_pipe_are_plain_text_or_json_lines() -> anyhow::Result<()> {
+    let node = dead_addr()?;
+    let key = std::env::temp_dir().join(format!("gradchain-net-log-{}.key", std::process::id()));
+    std::fs::write(&key, format!("{}\n", "22".repeat(32)))?;
+    let key_arg = key.display().to_string();
+    let work = |format: &str| {
+        run_env(
+            &[
+                "--log-format",
+                format,
+                "work",
+                "--node",
+                &node,
+                "--key",
+                &key_arg,
+                "--once",
+                "--unreachable-secs",
+                "0",
+            ],
+            &[("RUST_LOG", "info")],
+        )
+    };
+    let text = work("text");
+    let json = work("json");
+    let _ = std::fs::remove_file(&key);
+    let (ok, stderr) = text?;
+    assert!(!ok);
+    assert!(stderr.contains("worker started"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "a colour code on a pipe: {stderr:?}"
+    );
+
+    let (ok, stderr) = json?;
+    assert!(!ok);
+    let mut logged = 0;
+    for line in stderr.lines().filter(|l| !l.starts_with("error: ")) {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("not a JSON line ({e}): {line:?}"))?;
+        assert!(value["level"].is_string(), "{line}");
+        logged += 1;
+    }
+    assert!(logged >= 1, "{stderr}");
+    assert!(stderr.contains("\"worker started\""), "{stderr}");
+    Ok(())
+}

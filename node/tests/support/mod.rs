@@ -1,6 +1,6 @@
 //! Shared pieces of the job tests: the iris dataset and job specs, signed
-//! transactions, RPC calls, and workers (honest and lazy) that train, serve
-//! their states to a node and submit.
+//! transactions, calls to a node's HTTP API, and workers (honest and lazy)
+//! that train, serve their states to a node and submit.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -10,16 +10,16 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use libp2p::Multiaddr;
 use node::jobs::AuditConfig;
-use node::rpc_client;
 use node::RunningNode;
 use protocol::job::worker_seed;
 use protocol::params::faucet_key;
-use protocol::rpc::{BlobKind, RpcRequest, RpcResponse};
+use protocol::rpc::BlobKind;
 use protocol::state::JobStatus;
 use protocol::{
     Acceptance, Address, Amount, ChainParams, FraudClaim, Height, JobId, JobRecord, JobResult,
     JobSpec, SegmentLeaf, SignedTx, TxBody, TxKind,
 };
+use trainer::client::{ClientError, NodeClient};
 use trainer::{Dataset, DatasetLimits, TaskKind, TrainSettings};
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,23 +95,40 @@ pub fn addr_of(node: &RunningNode) -> anyhow::Result<Multiaddr> {
         .ok_or_else(|| anyhow::anyhow!("no listen address"))
 }
 
-pub async fn ask(addr: &Multiaddr, request: RpcRequest) -> anyhow::Result<RpcResponse> {
-    Ok(rpc_client::call(addr, &request, TIMEOUT).await?)
+/// A client of `node`'s HTTP API.
+pub fn api_of(node: &RunningNode) -> anyhow::Result<NodeClient> {
+    let url = node
+        .http_url()
+        .ok_or_else(|| anyhow::anyhow!("the node serves no HTTP API"))?;
+    Ok(NodeClient::new(&url)?.with_timeout(TIMEOUT))
 }
 
-/// Submits `tx` at `addr`; fails with the node's message if refused.
-pub async fn submit(addr: &Multiaddr, tx: SignedTx) -> anyhow::Result<()> {
-    match ask(addr, RpcRequest::SubmitTx(tx)).await? {
-        RpcResponse::TxAccepted(_) => Ok(()),
-        other => anyhow::bail!("transaction refused: {other:?}"),
-    }
+/// Runs a call of the blocking client on a thread of its own, so that the
+/// runtime's workers keep serving the nodes; the outer error is only the
+/// thread's.
+pub async fn call<T, F>(api: &NodeClient, f: F) -> anyhow::Result<Result<T, ClientError>>
+where
+    T: Send + 'static,
+    F: FnOnce(&NodeClient) -> Result<T, ClientError> + Send + 'static,
+{
+    let api = api.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&api)).await?)
 }
 
-pub async fn put_blob(addr: &Multiaddr, kind: BlobKind, bytes: Vec<u8>) -> anyhow::Result<()> {
-    match ask(addr, RpcRequest::PutBlob { kind, bytes }).await? {
-        RpcResponse::BlobStored(_) => Ok(()),
-        other => anyhow::bail!("blob refused: {other:?}"),
-    }
+/// Submits `tx` to `api`; fails with the node's message if refused.
+pub async fn submit(api: &NodeClient, tx: SignedTx) -> anyhow::Result<()> {
+    call(api, move |api| api.submit_tx(&tx))
+        .await?
+        .map_err(|e| anyhow::anyhow!("transaction refused: {e}"))?;
+    Ok(())
+}
+
+/// Stores a blob on `api`; fails with the node's message if refused.
+pub async fn put_blob(api: &NodeClient, kind: BlobKind, bytes: Vec<u8>) -> anyhow::Result<()> {
+    call(api, move |api| api.put_blob(kind, &bytes))
+        .await?
+        .map_err(|e| anyhow::anyhow!("blob refused: {e}"))?;
+    Ok(())
 }
 
 /// What a worker claims, and the states it can serve.
@@ -135,10 +152,10 @@ impl Claim {
         )
     }
 
-    /// Puts every state the worker holds on the node at `addr`.
-    pub async fn serve(&self, addr: &Multiaddr) -> anyhow::Result<()> {
+    /// Puts every state the worker holds on the node `api` reaches.
+    pub async fn serve(&self, api: &NodeClient) -> anyhow::Result<()> {
         for state in &self.states {
-            put_blob(addr, BlobKind::State, state.clone()).await?;
+            put_blob(api, BlobKind::State, state.clone()).await?;
         }
         Ok(())
     }
