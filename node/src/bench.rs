@@ -2,7 +2,9 @@
 //! scanner and the `sha2` crate's midstate path against a naive double
 //! SHA-256 of the whole header, on the same threads in the same run), `sync` (a fresh node syncing blocks
 //! full of transfers, next to the source node's own validate-and-store
-//! rate) and `gossip` (publish-to-last-node latency over four local nodes).
+//! rate), `gossip` (publish-to-last-node latency over four local nodes)
+//! and `http` (API latency under concurrent clients, next to the same
+//! questions put to the chain task directly).
 //!
 //! A benchmark reports figures side by side with a baseline from the same
 //! run; it must never be used as a pass/fail timing assertion, and it only
@@ -512,4 +514,134 @@ pub async fn bench_gossip(
         block: block_latencies,
         block_bytes,
     })
+}
+
+/// Latencies of one HTTP benchmark run, in seconds, per request kind: each
+/// through the HTTP API and the same question put to the chain task
+/// directly, at the same concurrency.
+#[derive(Clone, Debug, Default)]
+pub struct HttpBench {
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// `/api/status` over HTTP.
+    pub status_http: Vec<f64>,
+    /// The status's chain questions (tip snapshot and tip header), asked
+    /// of the chain task directly.
+    pub status_direct: Vec<f64>,
+    /// `/api/blocks` over HTTP.
+    pub blocks_http: Vec<f64>,
+    /// The ten newest block summaries, asked of the chain task directly.
+    pub blocks_direct: Vec<f64>,
+}
+
+/// One `GET path` on a new connection, read to the end; its latency.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<f64, BenchError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| BenchError::Other(format!("connect {addr}: {e}")))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        return Err(BenchError::Other(format!(
+            "GET {path} answered {}",
+            String::from_utf8_lossy(answer.get(..40).unwrap_or(&answer))
+        )));
+    }
+    Ok(elapsed)
+}
+
+/// Runs `rounds` rounds of `concurrency` requests at once of each kind.
+pub async fn bench_http(concurrency: usize, rounds: usize) -> Result<HttpBench, BenchError> {
+    let dir = tempfile_dir()?;
+    let mut config = crate::testkit::regtest_config(&dir, vec![]);
+    config.mine = Some(protocol::Address([1; 32]));
+    config.mine_interval = Duration::from_millis(50);
+    let mut node = crate::node::start(config).await?;
+    wait_for_height(node.chain(), 20).await?;
+    // A still chain: the figures are of answering, not of mining.
+    node.stop_mining().await;
+    let addr = node
+        .http_addr()
+        .ok_or_else(|| BenchError::Other("the HTTP API is off".into()))?;
+    let chain = node.chain().clone();
+    let mut bench = HttpBench {
+        concurrency,
+        ..HttpBench::default()
+    };
+    for _ in 0..rounds {
+        for path in ["/api/status", "/api/blocks"] {
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|_| tokio::spawn(http_get(addr, path)))
+                .collect();
+            for task in tasks {
+                let latency = task.await.map_err(|e| BenchError::Other(e.to_string()))??;
+                match path {
+                    "/api/status" => bench.status_http.push(latency),
+                    _ => bench.blocks_http.push(latency),
+                }
+            }
+        }
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let chain = chain.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let tip = chain.tip();
+                    chain
+                        .block(protocol::rpc::BlockRef::Hash(tip.tip))
+                        .await
+                        .map(|_| started.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        for task in tasks {
+            let latency = task.await.map_err(|e| BenchError::Other(e.to_string()))??;
+            bench.status_direct.push(latency);
+        }
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let chain = chain.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    chain
+                        .blocks_page(None, protocol::api::BLOCKS_PAGE)
+                        .await
+                        .map(|_| started.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        for task in tasks {
+            let latency = task.await.map_err(|e| BenchError::Other(e.to_string()))??;
+            bench.blocks_direct.push(latency);
+        }
+    }
+    node.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(bench)
+}
+
+async fn wait_for_height(
+    chain: &crate::service::ChainHandle,
+    height: u64,
+) -> Result<(), BenchError> {
+    let mut rx = chain.watch_tip();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        rx.wait_for(|snapshot| snapshot.height.0 >= height),
+    )
+    .await
+    .map_err(|_| BenchError::Other(format!("timed out waiting for height {height}")))?
+    .map_err(|_| BenchError::Other("the chain task stopped".into()))?;
+    Ok(())
 }

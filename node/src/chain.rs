@@ -272,6 +272,10 @@ pub struct Chain {
     notes: Vec<ChainNote>,
 }
 
+/// A transaction found by id, and its main-chain block with that block's
+/// height (`None`: it waits in the mempool).
+pub type FoundTx = (Transaction, Option<(BlockHash, Height)>);
+
 /// Most [`ChainNote`]s kept between two [`Chain::take_notes`]; older ones are
 /// dropped (a deep reorg could otherwise produce one per block).
 pub const MAX_NOTES: usize = 4096;
@@ -847,7 +851,7 @@ impl Chain {
             jobs: delta
                 .jobs
                 .iter()
-                .map(|(id, job)| (*id, job.as_ref().map(|j| j.status.clone())))
+                .map(|(id, job)| (*id, job.as_ref().map(|j| j.status)))
                 .collect(),
             challenges: delta
                 .jobs
@@ -925,10 +929,7 @@ impl Chain {
 
     /// A transaction by id: from the mempool, or from the main chain with
     /// its block's hash and height.
-    pub fn transaction(
-        &self,
-        id: &TxId,
-    ) -> Result<Option<(Transaction, Option<(BlockHash, Height)>)>, ChainError> {
+    pub fn transaction(&self, id: &TxId) -> Result<Option<FoundTx>, ChainError> {
         if let Some(tx) = self.mempool.get(id) {
             return Ok(Some((Transaction::Signed(tx.clone()), None)));
         }

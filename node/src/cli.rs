@@ -109,6 +109,16 @@ enum BenchKind {
         #[arg(long, default_value_t = 6000)]
         txs_per_block: usize,
     },
+    /// HTTP API latency (p50, p99) under concurrent clients, next to the
+    /// same questions put to the chain task directly.
+    Http {
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// Rounds of `concurrency` requests per route.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -411,6 +421,35 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 percentile(&r.block, 0.5) * 1e3,
                 percentile(&r.block, 0.99) * 1e3
             );
+            Ok(())
+        }
+        Command::Bench {
+            which:
+                BenchKind::Http {
+                    concurrency,
+                    rounds,
+                },
+        } => {
+            if concurrency == 0 || concurrency > 4096 || rounds == 0 {
+                bail!("--concurrency {concurrency} --rounds {rounds}: expected 1..=4096 clients and at least one round");
+            }
+            let r = runtime()?.block_on(crate::bench::bench_http(concurrency, rounds))?;
+            use crate::bench::percentile;
+            println!(
+                "{} requests in flight at once, {} rounds; HTTP: a new connection per request",
+                r.concurrency, rounds
+            );
+            let row = |name: &str, http: &[f64], direct: &[f64]| {
+                let (h50, h99) = (percentile(http, 0.5), percentile(http, 0.99));
+                let (d50, d99) = (percentile(direct, 0.5), percentile(direct, 0.99));
+                println!(
+                    "{name:<12} HTTP p50 {:>8.2} ms p99 {:>8.2} ms | chain task p50 {:>8.2} ms p99 {:>8.2} ms | ratio p50 {:.2}x p99 {:.2}x",
+                    h50 * 1e3, h99 * 1e3, d50 * 1e3, d99 * 1e3,
+                    h50 / d50.max(f64::MIN_POSITIVE), h99 / d99.max(f64::MIN_POSITIVE)
+                );
+            };
+            row("/api/status", &r.status_http, &r.status_direct);
+            row("/api/blocks", &r.blocks_http, &r.blocks_direct);
             Ok(())
         }
     }

@@ -112,7 +112,8 @@ enum Command {
     },
     JobsPage {
         status: Option<JobStatusKind>,
-        after: Option<JobId>,
+        order: JobOrder,
+        after: Option<JobCursor>,
         limit: usize,
         reply: oneshot::Sender<Vec<(JobId, JobRecord)>>,
     },
@@ -178,6 +179,87 @@ impl JobStatusKind {
                 | (Self::Fulfilled, protocol::JobStatus::Fulfilled { .. })
                 | (Self::Expired, protocol::JobStatus::Expired { .. })
         )
+    }
+}
+
+/// Where a page of jobs starts, and so in which order it lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobCursor {
+    /// Job-id order, after this id.
+    Id(JobId),
+    /// Most recent activity first (see [`activity_height`]), after this
+    /// height and id.
+    Recent(u64, JobId),
+}
+
+/// The order of a page of jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobOrder {
+    /// By job id.
+    Id,
+    /// Most recent activity first, ties by job id.
+    Recent,
+}
+
+/// The height of a job's latest change: its settlement or expiry, its
+/// pending result's submission, its latest challenge, or its post.
+pub fn activity_height(job: &JobRecord) -> u64 {
+    let status = match &job.status {
+        protocol::JobStatus::Open => 0,
+        protocol::JobStatus::Pending { height, .. }
+        | protocol::JobStatus::Fulfilled { height, .. }
+        | protocol::JobStatus::Expired { height } => height.0,
+    };
+    let challenged = job.challenges.iter().map(|c| c.height.0).max().unwrap_or(0);
+    status.max(challenged).max(job.posted_at.0)
+}
+
+fn jobs_page(
+    chain: &Chain,
+    status: Option<JobStatusKind>,
+    order: JobOrder,
+    after: Option<JobCursor>,
+    limit: usize,
+) -> Vec<(JobId, JobRecord)> {
+    let wanted = |job: &JobRecord| status.is_none_or(|s| s.matches(&job.status));
+    match order {
+        JobOrder::Id => {
+            let after = match after {
+                Some(JobCursor::Id(id) | JobCursor::Recent(_, id)) => Some(id),
+                None => None,
+            };
+            chain
+                .state()
+                .jobs_after(after.as_ref())
+                .filter(|(_, job)| wanted(job))
+                .take(limit)
+                .map(|(id, job)| (*id, job.clone()))
+                .collect()
+        }
+        JobOrder::Recent => {
+            // Newest first: (height descending, id ascending). Sorting costs
+            // O(jobs log jobs) on the chain task; the live job set is what
+            // it sorts, and the answer is one page.
+            let mut keyed: Vec<(std::cmp::Reverse<u64>, JobId)> = chain
+                .state()
+                .jobs()
+                .filter(|(_, job)| wanted(job))
+                .map(|(id, job)| (std::cmp::Reverse(activity_height(job)), *id))
+                .collect();
+            keyed.sort_unstable();
+            let start = match after {
+                Some(JobCursor::Recent(height, id)) => {
+                    keyed.partition_point(|key| *key <= (std::cmp::Reverse(height), id))
+                }
+                _ => 0,
+            };
+            keyed
+                .iter()
+                .skip(start)
+                .take(limit)
+                .filter_map(|(_, id)| chain.state().job(id).map(|job| (*id, job.clone())))
+                .collect()
+        }
     }
 }
 
@@ -364,18 +446,12 @@ fn run_chain(
             }
             Command::JobsPage {
                 status,
+                order,
                 after,
                 limit,
                 reply,
             } => {
-                let jobs = chain
-                    .state()
-                    .jobs_after(after.as_ref())
-                    .filter(|(_, job)| status.is_none_or(|s| s.matches(&job.status)))
-                    .take(limit)
-                    .map(|(id, job)| (*id, job.clone()))
-                    .collect();
-                let _ = reply.send(jobs);
+                let _ = reply.send(jobs_page(&chain, status, order, after, limit));
             }
             Command::MempoolInfo { max_ids, reply } => {
                 let mempool = chain.mempool();
@@ -810,16 +886,18 @@ impl ChainHandle {
             .await??)
     }
 
-    /// Up to `limit` jobs with ids after `after`, in id order, of `status`
-    /// when given.
+    /// Up to `limit` jobs in `order` after `after`, of `status` when
+    /// given.
     pub async fn jobs_page(
         &self,
         status: Option<JobStatusKind>,
-        after: Option<JobId>,
+        order: JobOrder,
+        after: Option<JobCursor>,
         limit: usize,
     ) -> Result<Vec<(JobId, JobRecord)>, ServiceError> {
         self.call(|reply| Command::JobsPage {
             status,
+            order,
             after,
             limit,
             reply,

@@ -319,7 +319,7 @@ impl Store {
         };
         let place = table
             .get(id.as_bytes())?
-            .map(|v| TxPlace::decode(&v.value()));
+            .map(|v| TxPlace::decode(v.value()));
         Ok(place)
     }
 

@@ -93,7 +93,7 @@ pub struct ApiError {
 }
 
 /// `GET /api/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
     /// The chain preset name, such as `devnet`.
     pub chain: String,
@@ -119,9 +119,12 @@ pub struct StatusView {
     pub hashrate: u64,
     /// The node's libp2p peer id.
     pub peer_id: String,
-    /// False while a peer has announced a chain with more work than ours
-    /// and the node is still fetching it.
+    /// Whether the tip is recent: false when it is more than a day old
+    /// (Bitcoin Core's max tip age), as while catching up.
     pub synced: bool,
+    /// The network's hash rate, estimated from the work and times of the
+    /// last 20 blocks.
+    pub network_hashrate: f64,
 }
 
 /// One block in `/api/blocks`.
@@ -589,9 +592,9 @@ impl JobView {
     }
 }
 
-/// `GET /api/jobs[?status=…&cursor=…&limit=…]`: jobs in id order after
-/// `cursor`, at most `limit` (default [`JOBS_PAGE`], at most
-/// [`MAX_JOBS_PAGE`]).
+/// `GET /api/jobs[?status=…&order=id|recent&cursor=…&limit=…]`: jobs in
+/// id order (or most recent activity first) after `cursor`, at most `limit`
+/// (default [`JOBS_PAGE`], at most [`MAX_JOBS_PAGE`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobsPage {
     /// The jobs.

@@ -30,7 +30,7 @@ use crate::blobs::{BlobError, Uploader};
 use crate::metrics::{gauge_value, label, work_f64};
 use crate::net::handlers::{submit_from_client, SubmitError};
 use crate::observe::{unix_seconds, Event, HASHRATE_SAMPLE_SECS};
-use crate::service::JobStatusKind;
+use crate::service::{activity_height, JobCursor, JobOrder, JobStatusKind};
 
 /// The dashboard page, embedded so the node serves it offline.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -91,6 +91,7 @@ async fn status_view(state: &HttpState) -> StatusView {
         hashrate: ctx.miner.hashrate.load(Ordering::Relaxed),
         peer_id: ctx.peer_id.to_string(),
         synced: unix_seconds().saturating_sub(tip_time) < MAX_TIP_AGE_SECS,
+        network_hashrate: ctx.chain.network_hashrate().await.unwrap_or(0.0),
     }
 }
 
@@ -312,6 +313,7 @@ pub(super) struct JobsQuery {
     status: Option<String>,
     cursor: Option<String>,
     limit: Option<String>,
+    order: Option<String>,
 }
 
 pub(super) async fn jobs(
@@ -330,9 +332,29 @@ pub(super) async fn jobs(
             )))
         }
     };
-    let after = match &query.cursor {
-        Some(text) => Some(parse_hex32(text, "cursor", JobId)?),
-        None => None,
+    let order = match query.order.as_deref().map(str::trim) {
+        None | Some("") | Some("id") => JobOrder::Id,
+        Some("recent") => JobOrder::Recent,
+        Some(other) => {
+            return Err(Failure::bad(format!(
+                "order {other:?} is not one of id, recent"
+            )))
+        }
+    };
+    let after = match (&query.cursor, order) {
+        (None, _) => None,
+        (Some(text), JobOrder::Id) => Some(JobCursor::Id(parse_hex32(text, "cursor", JobId)?)),
+        (Some(text), JobOrder::Recent) => {
+            let (height, id) = text
+                .split_once('.')
+                .and_then(|(h, id)| h.parse::<u64>().ok().map(|h| (h, id)))
+                .ok_or_else(|| {
+                    Failure::bad(format!(
+                        "cursor {text:?} is not HEIGHT.JOBID, as next_cursor gives in order=recent"
+                    ))
+                })?;
+            Some(JobCursor::Recent(height, parse_hex32(id, "cursor", JobId)?))
+        }
     };
     let limit = match &query.limit {
         Some(text) => text
@@ -351,14 +373,14 @@ pub(super) async fn jobs(
     let mut page = state
         .ctx
         .chain
-        .jobs_page(status, after, limit.saturating_add(1))
+        .jobs_page(status, order, after, limit.saturating_add(1))
         .await?;
     let more = page.len() > limit;
     page.truncate(limit);
-    let next_cursor = if more {
-        page.last().map(|(id, _)| id.to_string())
-    } else {
-        None
+    let next_cursor = match (more, order, page.last()) {
+        (true, JobOrder::Id, Some((id, _))) => Some(id.to_string()),
+        (true, JobOrder::Recent, Some((id, job))) => Some(format!("{}.{id}", activity_height(job))),
+        _ => None,
     };
     Ok(Json(JobsPage {
         jobs: page.iter().map(|(id, job)| JobView::new(id, job)).collect(),
@@ -492,12 +514,13 @@ pub(super) async fn post_blob(
         )));
     }
     let store = state.ctx.blobs.clone();
-    let reservation = store
-        .reserve(Uploader::Client(client_ip(Some(client))), total)
-        .map_err(|e| blob_failure(BlobError::Quota(e)))?;
+    let client = client_ip(Some(client));
     let mut stream = body.into_data_stream();
     let stored = match digest {
         None => {
+            let _reservation = store
+                .reserve(Uploader::Client(client), total)
+                .map_err(|e| blob_failure(BlobError::Quota(e)))?;
             let mut bytes = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
             while let Some(frame) = stream.next().await {
                 let frame = frame.map_err(|e| Failure::bad(format!("body: {e}")))?;
@@ -519,64 +542,15 @@ pub(super) async fn post_blob(
         Some(digest) => {
             let begin = {
                 let store = store.clone();
-                tokio::task::spawn_blocking(move || store.begin(digest, kind, total))
+                tokio::task::spawn_blocking(move || store.begin_upload(client, digest, kind, total))
                     .await
                     .map_err(join_failure)?
                     .map_err(blob_failure)?
             };
             match begin {
-                // Held already: the body need not be read.
+                // Held already: the body need not be read, nothing is charged.
                 None => digest,
-                Some(mut writer) => {
-                    writer.hold(reservation);
-                    let chunk = usize::try_from(protocol::rpc::BLOB_CHUNK_BYTES).unwrap_or(1 << 20);
-                    let mut pending: Vec<u8> = Vec::with_capacity(chunk);
-                    let mut received = 0u64;
-                    loop {
-                        let frame = match stream.next().await {
-                            Some(Ok(frame)) => Some(frame),
-                            Some(Err(e)) => {
-                                writer.abort();
-                                return Err(Failure::bad(format!("body: {e}")));
-                            }
-                            None => None,
-                        };
-                        let done = frame.is_none();
-                        if let Some(frame) = frame {
-                            received = received
-                                .saturating_add(u64::try_from(frame.len()).unwrap_or(u64::MAX));
-                            if received > total {
-                                writer.abort();
-                                return Err(Failure::bad(format!(
-                                    "the body is longer than its Content-Length {total}"
-                                )));
-                            }
-                            pending.extend_from_slice(&frame);
-                        }
-                        while pending.len() >= chunk || (done && !pending.is_empty()) {
-                            let take = pending.len().min(chunk);
-                            let piece: Vec<u8> = pending.drain(..take).collect();
-                            let result = tokio::task::spawn_blocking(move || {
-                                let outcome = writer.write_chunk(&piece, None);
-                                (writer, outcome)
-                            })
-                            .await
-                            .map_err(join_failure)?;
-                            writer = result.0;
-                            if let Err(err) = result.1 {
-                                writer.abort();
-                                return Err(blob_failure(err));
-                            }
-                        }
-                        if done {
-                            break;
-                        }
-                    }
-                    tokio::task::spawn_blocking(move || writer.finish())
-                        .await
-                        .map_err(join_failure)?
-                        .map_err(blob_failure)?
-                }
+                Some(writer) => write_streamed(writer, &mut stream, total).await?,
             }
         }
     };
@@ -585,6 +559,61 @@ pub(super) async fn post_blob(
         digest: stored.to_string(),
         bytes: total,
     }))
+}
+
+/// Writes a named upload's body chunk by chunk as it arrives, then checks
+/// the whole; any failure deletes what was written.
+async fn write_streamed(
+    mut writer: crate::blobs::BlobWriter,
+    stream: &mut axum::body::BodyDataStream,
+    total: u64,
+) -> Answer<Digest> {
+    let chunk = usize::try_from(protocol::rpc::BLOB_CHUNK_BYTES).unwrap_or(1 << 20);
+    let mut pending: Vec<u8> = Vec::with_capacity(chunk);
+    let mut received = 0u64;
+    loop {
+        let frame = match stream.next().await {
+            Some(Ok(frame)) => Some(frame),
+            Some(Err(e)) => {
+                writer.abort();
+                return Err(Failure::bad(format!("body: {e}")));
+            }
+            None => None,
+        };
+        let done = frame.is_none();
+        if let Some(frame) = frame {
+            received = received.saturating_add(u64::try_from(frame.len()).unwrap_or(u64::MAX));
+            if received > total {
+                writer.abort();
+                return Err(Failure::bad(format!(
+                    "the body is longer than its Content-Length {total}"
+                )));
+            }
+            pending.extend_from_slice(&frame);
+        }
+        while pending.len() >= chunk || (done && !pending.is_empty()) {
+            let take = pending.len().min(chunk);
+            let piece: Vec<u8> = pending.drain(..take).collect();
+            let (back, outcome) = tokio::task::spawn_blocking(move || {
+                let outcome = writer.write_chunk(&piece, None);
+                (writer, outcome)
+            })
+            .await
+            .map_err(join_failure)?;
+            writer = back;
+            if let Err(err) = outcome {
+                writer.abort();
+                return Err(blob_failure(err));
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .map_err(join_failure)?
+        .map_err(blob_failure)
 }
 
 /// `GET /api/blobs/{digest}[?by=weights]`: a held blob, streamed chunk by
@@ -753,21 +782,14 @@ pub(super) async fn events(
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let receiver = state.observer.subscribe();
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        loop {
-            match receiver.recv().await {
-                Ok(event) => {
-                    let sse = SseEvent::default().event(event.name()).data(event.data());
-                    return Some((Ok(sse), receiver));
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    let sse = SseEvent::default()
-                        .event("lagged")
-                        .data(format!("{{\"missed\":{missed}}}"));
-                    return Some((Ok(sse), receiver));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        let sse = match receiver.recv().await {
+            Ok(event) => SseEvent::default().event(event.name()).data(event.data()),
+            Err(broadcast::error::RecvError::Lagged(missed)) => SseEvent::default()
+                .event("lagged")
+                .data(format!("{{\"missed\":{missed}}}")),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(sse), receiver))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
