@@ -525,8 +525,8 @@ pub struct HttpBench {
     pub concurrency: usize,
     /// `/api/status` over HTTP.
     pub status_http: Vec<f64>,
-    /// The status's chain questions (tip snapshot and tip header), asked
-    /// of the chain task directly.
+    /// The status's one chain question, the tip snapshot the chain task
+    /// publishes, read directly.
     pub status_direct: Vec<f64>,
     /// `/api/blocks` over HTTP.
     pub blocks_http: Vec<f64>,
@@ -598,10 +598,8 @@ pub async fn bench_http(concurrency: usize, rounds: usize) -> Result<HttpBench, 
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let tip = chain.tip();
-                    chain
-                        .block(protocol::rpc::BlockRef::Hash(tip.tip))
-                        .await
-                        .map(|_| started.elapsed().as_secs_f64())
+                    std::hint::black_box(&tip);
+                    Ok::<f64, crate::service::ServiceError>(started.elapsed().as_secs_f64())
                 })
             })
             .collect();

@@ -79,6 +79,9 @@ impl SegmentVerifier for NoTrainingEngine {
 /// The shared, swappable segment verifier handed to the chain.
 pub type SharedVerifier = Arc<dyn SegmentVerifier + Send + Sync>;
 
+/// Blocks the network hash rate is estimated over.
+pub const NETWORK_HASHRATE_BLOCKS: u64 = 20;
+
 /// Most blocks waiting for a missing parent.
 pub const MAX_ORPHANS: usize = 128;
 /// Most headers returned for one locator.
@@ -208,6 +211,11 @@ pub struct TipSnapshot {
     pub mempool: usize,
     /// Their encoded bytes.
     pub mempool_bytes: usize,
+    /// The tip header's time.
+    pub time: u32,
+    /// The network's hash rate over the last
+    /// [`NETWORK_HASHRATE_BLOCKS`] blocks, hashes per second, rounded.
+    pub network_hashrate: u64,
     /// Bumped on every mempool change, so a miner knows to rebuild.
     pub mempool_version: u64,
 }
@@ -439,6 +447,10 @@ impl Chain {
                 .unwrap_or_default(),
             mempool: self.mempool.len(),
             mempool_bytes: self.mempool.bytes(),
+            time: self.index.get(&self.tip()).map_or(0, |e| e.header.time),
+            // Rounded to whole hashes: the snapshot is compared for change.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            network_hashrate: self.network_hashrate(NETWORK_HASHRATE_BLOCKS).round() as u64,
             mempool_version: self.mempool_version,
         }
     }

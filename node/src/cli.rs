@@ -443,9 +443,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 let (h50, h99) = (percentile(http, 0.5), percentile(http, 0.99));
                 let (d50, d99) = (percentile(direct, 0.5), percentile(direct, 0.99));
                 println!(
-                    "{name:<12} HTTP p50 {:>8.2} ms p99 {:>8.2} ms | chain task p50 {:>8.2} ms p99 {:>8.2} ms | ratio p50 {:.2}x p99 {:.2}x",
-                    h50 * 1e3, h99 * 1e3, d50 * 1e3, d99 * 1e3,
-                    h50 / d50.max(f64::MIN_POSITIVE), h99 / d99.max(f64::MIN_POSITIVE)
+                    "{name:<12} HTTP p50 {:>8.0} us p99 {:>8.0} us | chain task p50 {:>8.1} us p99 {:>8.1} us | ratio p50 {:.0}x p99 {:.0}x",
+                    h50 * 1e6, h99 * 1e6, d50 * 1e6, d99 * 1e6,
+                    h50 / d50.max(1e-9), h99 / d99.max(1e-9)
                 );
             };
             row("/api/status", &r.status_http, &r.status_direct);

@@ -480,7 +480,7 @@ fn run_chain(
                 let _ = reply.send(counts);
             }
             Command::NetworkHashrate { reply } => {
-                let _ = reply.send(chain.network_hashrate(NETWORK_HASHRATE_BLOCKS));
+                let _ = reply.send(chain.network_hashrate(crate::chain::NETWORK_HASHRATE_BLOCKS));
             }
         }
         for note in chain.take_notes() {
@@ -497,9 +497,6 @@ fn run_chain(
         });
     }
 }
-
-/// Blocks the network hash rate is estimated over.
-pub const NETWORK_HASHRATE_BLOCKS: u64 = 20;
 
 /// Counts a block handed to the chain, by outcome.
 fn count_block(

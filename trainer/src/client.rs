@@ -820,8 +820,38 @@ fn snippet(bytes: &[u8]) -> String {
     }
 }
 
+/// Resolves an address literal (`127.0.0.1`, `[::1]`) in place and leaves
+/// names to ureq's resolver. With a connect timeout set, ureq resolves on a
+/// new thread so that it can give up on a slow lookup; for a literal that
+/// thread only costs a CLI call its start-up, several milliseconds on a busy
+/// machine.
+#[derive(Debug, Default)]
+struct LiteralFirst(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for LiteralFirst {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let literal = uri
+            .host()
+            .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|host| host.parse::<std::net::IpAddr>().ok());
+        match (literal, uri.port_u16()) {
+            (Some(ip), Some(port)) => {
+                let mut addrs = self.empty();
+                addrs.push(std::net::SocketAddr::new(ip, port));
+                Ok(addrs)
+            }
+            _ => self.0.resolve(uri, config, timeout),
+        }
+    }
+}
+
 fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         // Error statuses are answers too: their body names the error.
         .http_status_as_error(false)
         // A node's API is reached directly, never through a proxy from the
@@ -833,8 +863,12 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .timeout_per_read(Some(timeout))
         .timeout_per_write(Some(timeout))
         .user_agent(concat!("gradchain/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .new_agent()
+        .build();
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        LiteralFirst::default(),
+    )
 }
 
 #[cfg(test)]

@@ -162,13 +162,26 @@ pub async fn bind(config: &HttpConfig) -> Result<tokio::net::TcpListener, HttpEr
         }
         _ => {}
     }
-    tokio::net::TcpListener::bind(config.addr)
-        .await
-        .map_err(|source| HttpError::Bind {
-            addr: config.addr,
-            source,
-        })
+    let bind_error = |source| HttpError::Bind {
+        addr: config.addr,
+        source,
+    };
+    let socket = if config.addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(config.addr).map_err(bind_error)?;
+    // A burst of clients (a dashboard per operator, scripts, a scrape)
+    // waits in the kernel's accept queue, not in SYN retries.
+    socket.listen(LISTEN_BACKLOG).map_err(bind_error)
 }
+
+/// Connections the kernel queues for accepting (capped by
+/// `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// The whole router.
 pub fn router(state: HttpState) -> Router {

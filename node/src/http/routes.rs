@@ -67,16 +67,11 @@ fn parse_hex32<T>(text: &str, field: &str, parse: impl Fn([u8; 32]) -> T) -> Ans
     Ok(parse(bytes))
 }
 
-async fn status_view(state: &HttpState) -> StatusView {
+fn status_view(state: &HttpState) -> StatusView {
     let ctx = &state.ctx;
+    // From the tip snapshot alone: a status costs the chain task nothing.
     let tip = ctx.chain.tip();
-    let tip_time = ctx
-        .chain
-        .block(BlockRef::Hash(tip.tip))
-        .await
-        .ok()
-        .flatten()
-        .map_or(0, |info| u64::from(info.block.header.time));
+    let tip_time = u64::from(tip.time);
     StatusView {
         chain: ctx.params.name.to_owned(),
         chain_id: ctx.params.chain_id,
@@ -91,12 +86,13 @@ async fn status_view(state: &HttpState) -> StatusView {
         hashrate: ctx.miner.hashrate.load(Ordering::Relaxed),
         peer_id: ctx.peer_id.to_string(),
         synced: unix_seconds().saturating_sub(tip_time) < MAX_TIP_AGE_SECS,
-        network_hashrate: ctx.chain.network_hashrate().await.unwrap_or(0.0),
+        #[allow(clippy::cast_precision_loss)]
+        network_hashrate: tip.network_hashrate as f64,
     }
 }
 
 pub(super) async fn status(State(state): State<HttpState>) -> Json<StatusView> {
-    Json(status_view(&state).await)
+    Json(status_view(&state))
 }
 
 #[derive(serde::Deserialize)]
@@ -866,7 +862,7 @@ pub(super) async fn run_ticker(state: HttpState, mut shutdown: watch::Receiver<b
             });
         }
         if state.observer.subscribers() > 0 {
-            let status = status_view(&state).await;
+            let status = status_view(&state);
             state.observer.publish(Event::Status(Box::new(status)));
         }
     }
