@@ -25,6 +25,19 @@ use trainer::client::NodeClient;
 
 const WAIT: Duration = Duration::from_secs(300);
 
+/// Writes a key file readable by its owner only, as `keygen` does.
+fn write_key(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
 fn trainer_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let profile_dir = exe
@@ -89,13 +102,13 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
     .map_err(anyhow::Error::msg)?;
 
     let poster_key = dirs[0].path().join("poster.key");
-    std::fs::write(
+    write_key(
         &poster_key,
-        format!("{}\n", hex::encode(faucet_key().to_bytes())),
+        &format!("{}\n", hex::encode(faucet_key().to_bytes())),
     )?;
     let worker_seed = [0x41u8; 32];
     let worker_key = dirs[2].path().join("worker.key");
-    std::fs::write(&worker_key, format!("{}\n", hex::encode(worker_seed)))?;
+    write_key(&worker_key, &format!("{}\n", hex::encode(worker_seed)))?;
     let worker = Address::from_verifying_key(
         &ed25519_dalek::SigningKey::from_bytes(&worker_seed).verifying_key(),
     );

@@ -19,6 +19,19 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// The node's HTTP token in this test.
 const TOKEN: &str = "a-token-of-at-least-16-chars";
 
+/// Writes a key file readable by its owner only, as `keygen` does.
+fn write_key(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
 /// Asserts that `outcome` is the node's refusal with `status` and `code`,
 /// its message mentioning `needle`.
 fn expect_refusal<T: std::fmt::Debug>(
@@ -286,7 +299,7 @@ async fn bad_http_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Res
 
     // A transfer: refused without the token, accepted with it.
     let key_file = dir.path().join("faucet.key");
-    std::fs::write(&key_file, hex::encode(faucet_key().to_bytes()))?;
+    write_key(&key_file, &hex::encode(faucet_key().to_bytes()))?;
     let key_arg = key_file.display().to_string();
     let to = Address([1; 32]).to_string();
     let transfer = ["transfer", "--key", &key_arg, "--to", &to, "--amount", "10"];

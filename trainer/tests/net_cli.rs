@@ -5,6 +5,19 @@
 
 use std::process::Command;
 
+/// Writes a key file readable by its owner only, as `keygen` does.
+fn write_key(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
 /// A loopback port nothing listens on: bound, then released.
 fn dead_addr() -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -50,7 +63,7 @@ fn an_unreachable_node_is_a_clear_error() -> anyhow::Result<()> {
     assert!(stderr.contains("cannot reach node at"), "{stderr}");
 
     let key = std::env::temp_dir().join(format!("gradchain-net-cli-{}.key", std::process::id()));
-    std::fs::write(&key, format!("{}\n", "11".repeat(32)))?;
+    write_key(&key, &format!("{}\n", "11".repeat(32)))?;
     let (ok, stderr) = run(&[
         "work",
         "--node",
@@ -99,7 +112,10 @@ fn bad_arguments_are_one_clear_line() -> anyhow::Result<()> {
         "5",
     ])?;
     assert!(!ok);
-    assert!(stderr.contains("reading key file"), "{stderr}");
+    assert!(
+        stderr.contains("key file") && stderr.contains("gradchain-no-such-key-file"),
+        "{stderr}"
+    );
     Ok(())
 }
 
@@ -147,7 +163,7 @@ fn the_node_comes_from_the_environment_and_a_multiaddr_is_refused() -> anyhow::R
 fn logs_on_a_pipe_are_plain_text_or_json_lines() -> anyhow::Result<()> {
     let node = dead_addr()?;
     let key = std::env::temp_dir().join(format!("gradchain-net-log-{}.key", std::process::id()));
-    std::fs::write(&key, format!("{}\n", "22".repeat(32)))?;
+    write_key(&key, &format!("{}\n", "22".repeat(32)))?;
     let key_arg = key.display().to_string();
     let work = |format: &str| {
         run_env(
