@@ -39,11 +39,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
-use protocol::codec;
-use protocol::rpc::{
+use protocol::blob::{
     chunk_len, BlobChunk, BlobKind, BlobManifest, BlobName, ManifestError, BLOB_CHUNK_BYTES,
     MAX_BLOB_BYTES,
 };
+use protocol::codec;
 use protocol::Digest;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition,
@@ -1692,8 +1692,8 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use protocol::blob::chunk_count;
     use protocol::job::JobSpec;
-    use protocol::rpc::chunk_count;
     use protocol::{ChainParams, Task};
 
     use super::*;

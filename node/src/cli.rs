@@ -1,5 +1,5 @@
 //! The `gradchain-node` command line (DESIGN.md §5): `run`, `keygen`,
-//! `healthcheck`, `rpc …` and `bench hash|sync|gossip`.
+//! `healthcheck`, `rpc …` and `bench hash|sync|gossip|http`.
 //!
 //! Parsing, config-file merging and output formatting live here; every
 //! command calls into the library and no consensus or network logic may live

@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ed25519_dalek::SigningKey;
-use protocol::rpc::{BlobKind, BlobName, BlockRef};
+use protocol::api::BlockRef;
+use protocol::blob::{BlobKind, BlobName};
 use protocol::segments::merkle_path;
 use protocol::{
     codec, Address, ChainParams, Digest, FraudClaim, JobId, JobRecord, JobStatus, OpenedLeaf,

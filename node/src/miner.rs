@@ -40,7 +40,7 @@ pub struct MinerConfig {
     pub min_interval: Duration,
 }
 
-/// Counters shared with the status RPC.
+/// Counters shared with the HTTP status and metrics.
 #[derive(Debug, Default)]
 pub struct MinerStats {
     /// Hashes computed since start.

@@ -1,6 +1,6 @@
 //! The chain task: one OS thread that owns the [`Chain`] (and with it the
 //! store and the mempool), and the cloneable [`ChainHandle`] through which
-//! the miner, the network and the RPC reach it.
+//! the miner, the network and the HTTP API reach it.
 //!
 //! Requests are a command enum answered over oneshot channels; the tip is
 //! published through a `watch` channel. Block validation and redb commits
@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use protocol::rpc::{BalanceInfo, BlockInfo, BlockRef};
+use protocol::api::{BalanceInfo, BlockInfo, BlockRef};
 use protocol::{Address, Block, BlockHash, Header, Height, JobId, JobRecord, SignedTx, TxId};
 use tokio::sync::{mpsc, oneshot, watch};
 

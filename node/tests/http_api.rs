@@ -292,8 +292,11 @@ async fn every_route_answers_good_and_bad_requests() {
         get(http, "/api/jobs?cursor=zz").error(400, "bad_request", "cursor");
         assert_eq!(get(http, "/api/jobs?order=recent").status, 200);
         get(http, "/api/jobs?order=newest").error(400, "bad_request", "order");
-        get(http, &format!("/api/jobs?order=recent&cursor={}", zeros()))
-            .error(400, "bad_request", "HEIGHT.JOBID");
+        get(http, &format!("/api/jobs?order=recent&cursor={}", zeros())).error(
+            400,
+            "bad_request",
+            "HEIGHT.JOBID",
+        );
         get(http, &format!("/api/jobs/{}", zeros())).error(404, "not_found", "no job");
         get(http, &format!("/api/jobs/{}/raw", zeros())).error(404, "not_found", "no job");
         get(http, "/api/jobs/short").error(400, "bad_request", "job id");
@@ -541,7 +544,7 @@ async fn a_block_event_arrives_within_a_block_and_a_gone_client_leaves_nothing()
         "first event at height {height}, subscribed at {subscribed_at}"
     );
     let info = chain
-        .block(protocol::rpc::BlockRef::Height(protocol::Height(height)))
+        .block(protocol::api::BlockRef::Height(protocol::Height(height)))
         .await
         .expect("chain")
         .expect("block");

@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use node::testkit::{init_test_logging, regtest_config, wait_until};
+use protocol::blob::BlobKind;
 use protocol::params::faucet_key;
-use protocol::rpc::BlobKind;
 use protocol::{Address, Amount, ChainParams, JobId, TxKind};
 
 mod support;

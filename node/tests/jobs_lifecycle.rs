@@ -14,9 +14,9 @@ use libp2p::Multiaddr;
 use node::testkit::{init_test_logging, start_regtest, wait_until};
 use node::RunningNode;
 use protocol::api::ErrorCode;
+use protocol::blob::BlobKind;
 use protocol::job::worker_seed;
 use protocol::params::faucet_key;
-use protocol::rpc::BlobKind;
 use protocol::state::JobStatus;
 use protocol::{
     Acceptance, Address, Amount, ChainParams, Height, JobId, JobSpec, SignedTx, TxBody, TxKind,

@@ -24,8 +24,8 @@ use node::net::wire::{
 };
 use node::testkit::{init_test_logging, start_regtest, wait_until};
 use node::RunningNode;
+use protocol::blob::{BlobKind, BlobManifest, BlobName, BLOB_CHUNK_BYTES};
 use protocol::codec;
-use protocol::rpc::{BlobKind, BlobManifest, BlobName, BLOB_CHUNK_BYTES};
 use protocol::Digest;
 
 mod support;

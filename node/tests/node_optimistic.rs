@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use node::testkit::{init_test_logging, start_regtest_auditing, wait_until};
 use protocol::api::ErrorCode;
+use protocol::blob::BlobKind;
 use protocol::params::faucet_key;
-use protocol::rpc::BlobKind;
 use protocol::state::{ChallengeOutcome, JobStatus, BURN_ADDRESS};
 use protocol::{Address, Amount, ChainParams, JobId, TxKind};
 use trainer::client::ClientError;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::Multiaddr;
 use node::testkit::{init_test_logging, start_regtest};
+use protocol::api::BlockRef;
 use protocol::api::{BlockView, StatusView};
-use protocol::rpc::BlockRef;
 use protocol::{Address, Height};
 use trainer::client::{ClientError, NodeClient};
 

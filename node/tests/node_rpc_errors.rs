@@ -10,8 +10,8 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use node::testkit::{init_test_logging, regtest_config};
 use protocol::api::ErrorCode;
+use protocol::blob::{BlobKind, MAX_WEIGHTS_BYTES};
 use protocol::params::faucet_key;
-use protocol::rpc::{BlobKind, MAX_WEIGHTS_BYTES};
 use protocol::{Address, Amount, BlockHash, ChainParams, Digest, JobId, TxBody, TxId, TxKind};
 use trainer::client::{ClientError, NodeClient};
 

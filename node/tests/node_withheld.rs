@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use node::service::BlockSource;
 use node::testkit::{init_test_logging, start_regtest_auditing, wait_until};
+use protocol::api::BlockRef;
+use protocol::blob::BlobKind;
 use protocol::params::faucet_key;
-use protocol::rpc::{BlobKind, BlockRef};
 use protocol::state::ChallengeOutcome;
 use protocol::{Address, Amount, Height, TxKind};
 

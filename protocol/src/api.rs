@@ -13,10 +13,47 @@
 use serde::{Deserialize, Serialize};
 
 use crate::block::Block;
-use crate::state::{ChallengeOutcome, JobRecord, JobStatus};
+use crate::state::{Account, ChallengeOutcome, JobRecord, JobStatus};
 use crate::tx::{FraudClaim, Transaction, TxKind};
-use crate::types::JobId;
+use crate::types::{Address, BlockHash, Height, JobId};
 use crate::TestMetric;
+
+/// Most input rows in one `POST /api/jobs/{id}/predict`.
+pub const MAX_PREDICT_ROWS: usize = 1024;
+
+/// How a block is named in a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockRef {
+    /// The main-chain block at this height.
+    Height(Height),
+    /// The block with this hash, on any branch the node stores.
+    Hash(BlockHash),
+}
+
+/// A block with where it sits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockInfo {
+    /// Its height.
+    pub height: Height,
+    /// Its hash.
+    pub hash: BlockHash,
+    /// Whether it is on the node's main chain.
+    pub main_chain: bool,
+    /// The block itself.
+    pub block: Block,
+}
+
+/// An account as the node sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceInfo {
+    /// The address asked about.
+    pub address: Address,
+    /// Balance and nonce at the tip.
+    pub account: Account,
+    /// The nonce the next new transaction from this address should carry,
+    /// counting the address's transactions waiting in the mempool.
+    pub next_nonce: u64,
+}
 
 /// The default address of a node's HTTP API; clients default to
 /// `http://127.0.0.1:9701`.
@@ -616,7 +653,7 @@ pub struct BlobStored {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PredictRequest {
     /// Raw (unstandardized) input rows, each as wide as the dataset's
-    /// features; at most [`crate::rpc::MAX_PREDICT_ROWS`].
+    /// features; at most [`MAX_PREDICT_ROWS`].
     pub rows: Vec<Vec<f32>>,
 }
 

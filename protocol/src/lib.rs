@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod asert;
+pub mod blob;
 pub mod block;
 pub mod codec;
 pub mod hash;
@@ -23,7 +24,6 @@ pub mod header;
 pub mod job;
 pub mod params;
 pub mod pow;
-pub mod rpc;
 pub mod segments;
 pub mod state;
 pub mod tx;

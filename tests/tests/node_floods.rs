@@ -15,9 +15,10 @@ use gradchain_tests::{api_of, call, forged_block, raw_client};
 use node::jobs::AuditConfig;
 use node::net::wire::{BLOCKS_TOPIC, TXS_TOPIC};
 use node::testkit::{init_test_logging, start_regtest, start_regtest_auditing, wait_until};
+use protocol::api::BlockRef;
 use protocol::api::ErrorCode;
+use protocol::blob::BlobKind;
 use protocol::params::faucet_key;
-use protocol::rpc::{BlobKind, BlockRef};
 use protocol::segments::segments_root;
 use protocol::{
     codec, Acceptance, Address, Amount, BlockHash, ChainParams, Digest, F32Bits, Height, JobId,

@@ -8,8 +8,8 @@ use std::time::Duration;
 use gradchain_tests::{forged_block, raw_client};
 use node::net::wire::{BLOCKS_TOPIC, TXS_TOPIC};
 use node::testkit::{init_test_logging, start_regtest, wait_until};
+use protocol::api::BlockRef;
 use protocol::params::faucet_key;
-use protocol::rpc::BlockRef;
 use protocol::{codec, Address, Amount, ChainParams, SignedTx, Transaction, TxBody, TxKind};
 
 fn forged_tx() -> anyhow::Result<SignedTx> {

@@ -20,7 +20,7 @@ use protocol::api::{
     MempoolView, PeersView, PredictRequest, Predictions, StatusView, TxAccepted, TxLookup,
     TxSubmission, DEFAULT_HTTP_PORT,
 };
-use protocol::rpc::{BlobKind, MAX_BLOB_BYTES, MAX_WEIGHTS_BYTES};
+use protocol::blob::{BlobKind, MAX_BLOB_BYTES, MAX_WEIGHTS_BYTES};
 use protocol::{Address, Block, Digest, JobId, JobRecord, SignedTx, Transaction, TxId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

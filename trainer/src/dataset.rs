@@ -54,7 +54,7 @@ impl Default for DatasetLimits {
             max_classes: 1000,
             // A larger dataset could be parsed here but never stored or
             // fetched by a node.
-            max_blob_bytes: protocol::rpc::BlobKind::Dataset.max_bytes(),
+            max_blob_bytes: protocol::blob::BlobKind::Dataset.max_bytes(),
             // 4097 cells of 250 characters each: far more than any number
             // needs, and a bounded buffer however long a broken line is.
             max_row_bytes: 1 << 20,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::SigningKey;
 use protocol::api::ErrorCode;
+use protocol::blob::BlobKind;
 use protocol::job::{check_acceptance, worker_seed};
-use protocol::rpc::BlobKind;
 use protocol::{
     Acceptance, Address, Amount, Digest, F32Bits, Height, JobId, JobSpec, TxBody, TxKind,
 };

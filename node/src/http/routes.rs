@@ -20,7 +20,8 @@ use protocol::api::{
     Predictions, StatusView, TxAccepted, TxLookup, TxPlace, TxSubmission, TxView, BLOCKS_PAGE,
     JOBS_PAGE, MAX_JOBS_PAGE, MAX_JSON_BODY_BYTES, MAX_MEMPOOL_LISTED,
 };
-use protocol::rpc::{BlobKind, BlobName, BlockRef, MAX_PREDICT_ROWS};
+use protocol::api::{BlockRef, MAX_PREDICT_ROWS};
+use protocol::blob::{BlobKind, BlobName};
 use protocol::state::JobStatus;
 use protocol::{codec, Address, BlockHash, Digest, Height, JobId, SignedTx, TxId};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -143,7 +144,7 @@ fn block_ref(text: &str) -> Answer<BlockRef> {
     })
 }
 
-async fn find_block(state: &HttpState, which: &str) -> Answer<protocol::rpc::BlockInfo> {
+async fn find_block(state: &HttpState, which: &str) -> Answer<protocol::api::BlockInfo> {
     let which = block_ref(which)?;
     state.ctx.chain.block(which).await?.ok_or_else(|| {
         Failure::not_found(match which {
@@ -564,7 +565,7 @@ async fn write_streamed(
     stream: &mut axum::body::BodyDataStream,
     total: u64,
 ) -> Answer<Digest> {
-    let chunk = usize::try_from(protocol::rpc::BLOB_CHUNK_BYTES).unwrap_or(1 << 20);
+    let chunk = usize::try_from(protocol::blob::BLOB_CHUNK_BYTES).unwrap_or(1 << 20);
     let mut pending: Vec<u8> = Vec::with_capacity(chunk);
     let mut received = 0u64;
     loop {

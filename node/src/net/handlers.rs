@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::PeerId;
+use protocol::blob::BlobName;
 use protocol::codec;
-use protocol::rpc::BlobName;
 use protocol::{Block, ChainParams, SignedTx, TxId, TxKind};
 use tokio::sync::mpsc;
 

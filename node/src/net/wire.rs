@@ -1,6 +1,6 @@
 //! Wire formats of the node's own protocols: gossip topic names, the sync
 //! and blob request and response messages, and the length-prefixed frame
-//! codec that request-response uses for sync, blobs and the peer RPC.
+//! codec that request-response uses for sync and blobs.
 //!
 //! Frames are a little-endian `u32` length and that many bytes, refused
 //! above a per-protocol cap before anything is allocated; their contents are
@@ -12,7 +12,7 @@ use std::io;
 use async_trait::async_trait;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use protocol::rpc::{BlobManifest, BlobName, BLOB_CHUNK_BYTES};
+use protocol::blob::{BlobManifest, BlobName, BLOB_CHUNK_BYTES};
 use protocol::{Block, BlockHash, Digest, Header};
 use serde::{Deserialize, Serialize};
 
@@ -220,8 +220,8 @@ mod tests {
     use futures::executor::block_on;
     use futures::io::Cursor;
     use futures::FutureExt as _;
+    use protocol::blob::{BlobKind, MAX_BLOB_BYTES};
     use protocol::codec;
-    use protocol::rpc::{BlobKind, MAX_BLOB_BYTES};
 
     use super::*;
 

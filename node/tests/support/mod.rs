@@ -11,9 +11,9 @@ use ed25519_dalek::SigningKey;
 use libp2p::Multiaddr;
 use node::jobs::AuditConfig;
 use node::RunningNode;
+use protocol::blob::BlobKind;
 use protocol::job::worker_seed;
 use protocol::params::faucet_key;
-use protocol::rpc::BlobKind;
 use protocol::state::JobStatus;
 use protocol::{
     Acceptance, Address, Amount, ChainParams, FraudClaim, Height, JobId, JobRecord, JobResult,
