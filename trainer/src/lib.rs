@@ -22,6 +22,7 @@ pub mod cheat;
 pub mod client;
 pub mod dataset;
 pub mod kernels;
+pub mod keyfile;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -165,21 +165,10 @@ fn parse_digest(text: &str, what: &str) -> anyhow::Result<[u8; 32]> {
     Ok(bytes)
 }
 
-/// Reads a key file: one line, a 32-byte ed25519 seed as 64 hex characters
-/// (the node's `keygen` format).
+/// Loads a signing key file in the one key-file format
+/// ([`trainer::keyfile`]); refuses a file open to group or others.
 pub fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading key file {}", path.display()))?;
-    let text = text.trim();
-    let mut seed = [0u8; 32];
-    hex::decode_to_slice(text, &mut seed).map_err(|_| {
-        anyhow!(
-            "key file {} holds {} characters of text, expected 64 hex characters",
-            path.display(),
-            text.len()
-        )
-    })?;
-    Ok(SigningKey::from_bytes(&seed))
+    Ok(trainer::keyfile::read(path)?)
 }
 
 /// `dataset put`.
