@@ -325,6 +325,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         bootstrap: config.bootstrap.clone(),
         max_gossip_bytes: max_gossip,
         metrics: Some(p2p_metrics),
+        data_dir: Some(config.data_dir.clone()),
     })
     .await
     {

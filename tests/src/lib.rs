@@ -54,7 +54,16 @@ pub struct RawClient {
 
 /// Connects a [`RawClient`] to `target`.
 pub fn raw_client(target: Multiaddr) -> anyhow::Result<RawClient> {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+    raw_client_as(libp2p::identity::Keypair::generate_ed25519(), target)
+}
+
+/// Connects a [`RawClient`] with the identity `keypair` to `target` (so a
+/// test can come back as a peer the node has seen).
+pub fn raw_client_as(
+    keypair: libp2p::identity::Keypair,
+    target: Multiaddr,
+) -> anyhow::Result<RawClient> {
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),

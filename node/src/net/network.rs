@@ -31,8 +31,23 @@ use super::wire::{
     SYNC_PROTOCOL, TXS_TOPIC,
 };
 
-/// Penalty points at which a peer is disconnected and blocked.
-pub const BAN_SCORE: u32 = 100;
+pub use super::peers::BAN_SCORE;
+
+/// Inbound connections still in their handshake at once. A handshake costs
+/// this node a Noise key exchange, so unauthenticated sockets are bounded
+/// tightly; more are closed as they arrive.
+pub const MAX_PENDING_INCOMING: u32 = 32;
+/// Inbound connections established at once: a full node needs 8 to 16
+/// peers; the rest is room for the devnet's and tests' local clusters.
+pub const MAX_INCOMING: u32 = 128;
+/// Connections to one peer at once (two dialling each other at the same
+/// moment briefly hold two).
+pub const MAX_PER_PEER: u32 = 2;
+/// Inbound connections established from one IP address at once, loopback
+/// excepted (local clusters share it): an address that opens more is
+/// closed, since peer ids cost nothing to mint.
+pub const MAX_PER_IP: usize = 8;
+use super::peers::{unix_now, PeerBook, Verdict};
 /// Longest wait between two dials of a bootstrap address.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -68,6 +83,7 @@ pub enum NetError {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: libp2p::connection_limits::Behaviour,
     gossipsub: gossipsub::Behaviour,
     sync: request_response::Behaviour<FrameCodec>,
     blob: request_response::Behaviour<FrameCodec>,
@@ -319,6 +335,8 @@ pub struct NetworkConfig {
     /// libp2p's own metrics (connections, gossipsub, identify, ping), when
     /// the node exports metrics.
     pub metrics: Option<Arc<libp2p::metrics::Metrics>>,
+    /// Where bans persist across restarts; `None` keeps them in memory.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for NetworkConfig {
@@ -351,8 +369,9 @@ pub struct EventLoop {
     pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     blob_channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
     next_ticket: u64,
-    penalties: HashMap<PeerId, u32>,
-    banned: HashSet<PeerId>,
+    book: PeerBook,
+    /// Established inbound connections by remote IP.
+    inbound_ips: HashMap<std::net::IpAddr, usize>,
     full_peers: HashSet<PeerId>,
     addrs: HashMap<PeerId, Multiaddr>,
     peers: Arc<AtomicUsize>,
@@ -407,6 +426,12 @@ fn build_swarm(config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
             );
             Ok(Behaviour {
                 blocked: allow_block_list::Behaviour::default(),
+                limits: libp2p::connection_limits::Behaviour::new(
+                    libp2p::connection_limits::ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                        .with_max_established_incoming(Some(MAX_INCOMING))
+                        .with_max_established_per_peer(Some(MAX_PER_PEER)),
+                ),
                 gossipsub,
                 sync,
                 blob,
@@ -441,6 +466,14 @@ pub async fn start(
     NetError,
 > {
     let mut swarm = build_swarm(&config)?;
+    let now = unix_now();
+    let book = match &config.data_dir {
+        Some(dir) => PeerBook::open(dir, now),
+        None => PeerBook::in_memory(),
+    };
+    for peer in book.banned(now) {
+        swarm.behaviour_mut().blocked.block_peer(peer);
+    }
     for topic in [Topic::Blocks, Topic::Txs] {
         swarm
             .behaviour_mut()
@@ -513,8 +546,8 @@ pub async fn start(
             pending_blob: HashMap::new(),
             blob_channels: HashMap::new(),
             next_ticket: 0,
-            penalties: HashMap::new(),
-            banned: HashSet::new(),
+            book,
+            inbound_ips: HashMap::new(),
             full_peers: HashSet::new(),
             addrs: HashMap::new(),
             peers,
@@ -524,6 +557,18 @@ pub async fn start(
         event_rx,
         bound,
     ))
+}
+
+/// The remote IP of an inbound connection.
+fn inbound_ip(endpoint: &libp2p::core::ConnectedPoint) -> Option<std::net::IpAddr> {
+    let libp2p::core::ConnectedPoint::Listener { send_back_addr, .. } = endpoint else {
+        return None;
+    };
+    send_back_addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    })
 }
 
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
@@ -542,8 +587,10 @@ impl EventLoop {
     /// Runs until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut redial = tokio::time::interval(Duration::from_millis(250));
+        let mut bans = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
+                _ = bans.tick() => self.expire_bans(),
                 _ = shutdown.changed() => break,
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
@@ -561,7 +608,10 @@ impl EventLoop {
             if entry.connected || entry.connection.is_some() || now < entry.next_attempt {
                 continue;
             }
-            if entry.peer.is_some_and(|p| self.banned.contains(&p)) {
+            if entry
+                .peer
+                .is_some_and(|p| self.book.is_banned(&p, unix_now()))
+            {
                 continue;
             }
             let opts = match entry.peer {
@@ -588,13 +638,23 @@ impl EventLoop {
     }
 
     fn penalise(&mut self, peer: PeerId, points: u32, reason: &str) {
-        let score = self.penalties.entry(peer).or_insert(0);
-        *score = score.saturating_add(points);
-        let score = *score;
-        tracing::warn!(%peer, points, score, %reason, "penalised peer");
-        if score >= BAN_SCORE && self.banned.insert(peer) {
-            tracing::warn!(%peer, score, "banned peer: penalty score reached {BAN_SCORE}");
-            self.swarm.behaviour_mut().blocked.block_peer(peer);
+        match self.book.penalise(peer, points, unix_now()) {
+            Verdict::Penalised(score) => {
+                tracing::warn!(%peer, points, score, %reason, "penalised peer");
+            }
+            Verdict::Banned(score) => {
+                tracing::warn!(%peer, points, score, %reason, "penalised peer");
+                tracing::warn!(%peer, score, "banned peer for {}h: penalty score reached {BAN_SCORE}", super::peers::BAN_DURATION.as_secs() / 3600);
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+        }
+    }
+
+    /// Lets peers whose ban ended back in.
+    fn expire_bans(&mut self) {
+        for peer in self.book.expire(unix_now()) {
+            tracing::info!(%peer, "ban ended");
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
         }
     }
 
@@ -660,8 +720,8 @@ impl EventLoop {
                 self.redial();
             }
             Command::Penalty { peer, reply } => {
-                let score = self.penalties.get(&peer).copied().unwrap_or(0);
-                let _ = reply.send((score, self.banned.contains(&peer)));
+                let now = unix_now();
+                let _ = reply.send((self.book.score(&peer, now), self.book.is_banned(&peer, now)));
             }
             Command::Peers { reply } => {
                 let _ = reply.send(self.full_peers.iter().copied().collect());
@@ -673,7 +733,7 @@ impl EventLoop {
                     .map(|peer| PeerDetail {
                         peer: *peer,
                         addr: self.addrs.get(peer).cloned(),
-                        score: self.penalties.get(peer).copied().unwrap_or(0),
+                        score: self.book.score(peer, unix_now()),
                     })
                     .collect();
                 details.sort_by_key(|d| d.peer.to_bytes());
@@ -703,6 +763,14 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
+                if let Some(ip) = inbound_ip(&endpoint) {
+                    let count = self.inbound_ips.entry(ip).or_default();
+                    *count = count.saturating_add(1);
+                    if !ip.is_loopback() && *count > MAX_PER_IP {
+                        tracing::info!(peer = %peer_id, %ip, "closing a connection: {MAX_PER_IP} from this address already");
+                        self.swarm.close_connection(connection_id);
+                    }
+                }
                 if let Some(entry) = self
                     .dialed
                     .iter_mut()
@@ -724,10 +792,19 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
+                endpoint,
                 num_established,
                 cause,
                 ..
             } => {
+                if let Some(ip) = inbound_ip(&endpoint) {
+                    if let Some(count) = self.inbound_ips.get_mut(&ip) {
+                        *count = count.saturating_sub(1);
+                        if *count == 0 {
+                            self.inbound_ips.remove(&ip);
+                        }
+                    }
+                }
                 let now = Instant::now();
                 for entry in &mut self.dialed {
                     if entry.connection == Some(connection_id) {
