@@ -5,7 +5,7 @@ FROM scratch
 COPY bin/gradchain-node /gradchain-node
 COPY bin/gradchain-trainer /gradchain-trainer
 COPY datasets /datasets
-ENV RUST_LOG=info
-EXPOSE 9700
+# p2p, and the HTTP API (--http 0.0.0.0:9701 with a token in compose).
+EXPOSE 9700 9701
 ENTRYPOINT ["/gradchain-node"]
 CMD ["run", "--chain", "devnet", "--data-dir", "/data"]
