@@ -279,7 +279,11 @@ mod tests {
         assert!(book.expire(end - 1).is_empty());
         assert_eq!(book.expire(end), vec![peer]);
         assert!(!book.is_banned(&peer, end));
-        assert_eq!(book.score(&peer, end), 0, "it has decayed when the ban ends");
+        assert_eq!(
+            book.score(&peer, end),
+            0,
+            "it has decayed when the ban ends"
+        );
     }
 
     #[test]
