@@ -341,6 +341,11 @@ impl Chain {
     /// Opens the chain stored at `path` (creating it with genesis when new)
     /// and resumes from the stored tip, switching to a stored branch with
     /// more work if one exists.
+    ///
+    /// A damaged store is refused: a main chain that does not link up from
+    /// genesis, or a state that does not hash to the tip header's state root
+    /// (see [`Store::load`]). Stored blocks no longer reachable from genesis
+    /// are deleted rather than refused.
     pub fn open(
         path: &Path,
         params: ChainParams,
@@ -388,15 +393,34 @@ impl Chain {
             parked_logged: HashSet::new(),
             notes: Vec::new(),
         };
-        if let Some(best) = chain.best_candidate() {
-            if chain.index.get(&best).map(|e| e.work) > Some(chain.total_work()) {
-                let activation = chain.activate(best)?;
-                if let Some((bad, source)) = activation.failed {
-                    tracing::warn!(block = %bad, reason = %source, "stored block did not connect on start-up");
-                }
+        chain.switch_to_best_on_start()?;
+        Ok(chain)
+    }
+
+    /// Switches to the stored branch with the most work, on start-up: a
+    /// node stopped in the middle of a reorg may hold its old main chain
+    /// disconnected, and a branch that fails (its bad block is forgotten,
+    /// and the main chain may be left lower than before) must not keep a
+    /// valid heavier branch off the main chain. Each failed try forgets or
+    /// parks a block, or gives up on one candidate tip, so this ends.
+    fn switch_to_best_on_start(&mut self) -> Result<(), ChainError> {
+        let mut given_up = HashSet::new();
+        while let Some(best) = self.best_candidate_except(&given_up) {
+            if self.index.get(&best).map(|e| e.work) <= Some(self.total_work()) {
+                break;
+            }
+            let activation = self.activate(best)?;
+            let Some((bad, source)) = activation.failed else {
+                break;
+            };
+            tracing::warn!(block = %bad, reason = %source, "stored block did not connect on start-up");
+            if source.is_node_local() {
+                // Its branch stays stored and parked; a descendant of the
+                // parked block could be picked again, so give up on this tip.
+                given_up.insert(best);
             }
         }
-        Ok(chain)
+        Ok(())
     }
 
     /// The chain parameters.
@@ -703,9 +727,18 @@ impl Chain {
     /// block may be picked; connecting its branch parks again at the same
     /// block and leaves the main chain where it was.)
     fn best_candidate(&self) -> Option<BlockHash> {
+        self.best_candidate_except(&HashSet::new())
+    }
+
+    /// [`Chain::best_candidate`] among the blocks not in `skip`.
+    fn best_candidate_except(&self, skip: &HashSet<BlockHash>) -> Option<BlockHash> {
         self.index
             .iter()
-            .filter(|(hash, _)| !self.invalid.contains(*hash) && !self.parked.contains_key(*hash))
+            .filter(|(hash, _)| {
+                !self.invalid.contains(*hash)
+                    && !self.parked.contains_key(*hash)
+                    && !skip.contains(*hash)
+            })
             .max_by(|(_, a), (_, b)| a.work.cmp(&b.work).then(b.seq.cmp(&a.seq)))
             .map(|(hash, _)| *hash)
     }
@@ -801,22 +834,37 @@ impl Chain {
         })
     }
 
+    /// Forgets `bad` and every stored descendant, in one store transaction,
+    /// and remembers them as invalid. The index loses them only once the
+    /// store has committed; if the store fails they stay indexed (as they
+    /// stay on disk) but are still known invalid, so they are never
+    /// connected, and the next start judges them again.
     fn mark_invalid(&mut self, bad: BlockHash) {
+        let mut children: HashMap<BlockHash, Vec<BlockHash>> = HashMap::new();
+        for (hash, entry) in &self.index {
+            children.entry(entry.header.prev).or_default().push(*hash);
+        }
         let mut doomed = vec![bad];
         let mut frontier = vec![bad];
         while let Some(parent) = frontier.pop() {
-            for (hash, entry) in &self.index {
-                if entry.header.prev == parent {
-                    doomed.push(*hash);
-                    frontier.push(*hash);
-                }
+            for child in children.get(&parent).into_iter().flatten() {
+                doomed.push(*child);
+                frontier.push(*child);
             }
         }
-        for hash in doomed {
-            self.index.remove(&hash);
-            self.invalid.insert(hash);
-            if let Err(err) = self.store.forget(&hash) {
-                tracing::error!(block = %hash, reason = %err, "cannot remove an invalid block from the store");
+        self.invalid.extend(doomed.iter().copied());
+        match self.store.forget_all(&doomed) {
+            Ok(()) => {
+                for hash in &doomed {
+                    self.index.remove(hash);
+                    self.parked.remove(hash);
+                }
+                if doomed.len() > 1 {
+                    tracing::info!(block = %bad, descendants = doomed.len().saturating_sub(1), "forgot an invalid block and its descendants");
+                }
+            }
+            Err(err) => {
+                tracing::error!(block = %bad, blocks = doomed.len(), reason = %err, "cannot remove an invalid block and its descendants from the store; they stay stored, known invalid");
             }
         }
     }
@@ -1274,6 +1322,170 @@ mod tests {
             4,
             "unknown locator falls back to genesis"
         );
+    }
+
+    /// A mined coinbase-only block on `parent` at `height`, committing to
+    /// `state_root` whether or not it is right.
+    fn coinbase_block(
+        parent: &Header,
+        height: u64,
+        miner: u8,
+        state_root: protocol::StateRoot,
+    ) -> Block {
+        let params = ChainParams::regtest();
+        let coinbase = Transaction::Coinbase(Coinbase {
+            height: Height(height),
+            miner: Address([miner; 32]),
+            amount: params.subsidy(Height(height)),
+        });
+        let mut header = Header {
+            version: params.block_version,
+            prev: parent.hash(),
+            merkle_root: merkle_root(&[coinbase.id().unwrap()]),
+            state_root,
+            time: parent.time + 1,
+            bits: params.pow_limit,
+            nonce: 0,
+        };
+        let target = header.bits.to_target().unwrap();
+        while !target.is_met_by(&header.hash()) {
+            header.nonce += 1;
+        }
+        Block {
+            header,
+            txs: vec![coinbase],
+        }
+    }
+
+    #[test]
+    fn an_invalid_block_is_forgotten_with_all_its_descendants_in_memory_and_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = open(dir.path());
+        let genesis = chain.params().genesis_block().unwrap();
+        for i in 0..3 {
+            let block = mine(&mut chain, Address([1; 32]), NOW + i);
+            chain.process_block(block, NOW + 10).unwrap();
+        }
+        let honest_tip = chain.tip();
+        // A branch from genesis whose first block commits to a wrong state
+        // root: only connecting it finds that out. Its first three blocks
+        // have no more work than the main chain and are stored on the side;
+        // the fourth makes it heavier, and activating it fails.
+        let mut branch = vec![coinbase_block(
+            &genesis.header,
+            1,
+            2,
+            protocol::StateRoot([0xbb; 32]),
+        )];
+        for height in 2..=4u64 {
+            let parent = branch.last().unwrap().header;
+            branch.push(coinbase_block(
+                &parent,
+                height,
+                2,
+                protocol::StateRoot([0xbb; 32]),
+            ));
+        }
+        let hashes: Vec<BlockHash> = branch.iter().map(Block::hash).collect();
+        for block in branch.iter().take(3) {
+            assert!(matches!(
+                chain.process_block(block.clone(), NOW + 10).unwrap(),
+                BlockOutcome::SideChain { .. }
+            ));
+        }
+        let err = chain
+            .process_block(branch[3].clone(), NOW + 10)
+            .unwrap_err();
+        assert!(
+            matches!(&err, ChainError::InvalidBlock { hash, source: BlockError::BadStateRoot { .. } } if *hash == hashes[0]),
+            "{err}"
+        );
+        assert_eq!(chain.tip(), honest_tip, "the honest chain is restored");
+        for hash in &hashes {
+            assert!(!chain.has_block(hash), "forgotten in memory");
+            assert!(chain.block(hash).unwrap().is_none(), "forgotten on disk");
+        }
+        assert!(matches!(
+            chain.process_block(branch[2].clone(), NOW + 10),
+            Err(ChainError::KnownInvalid { .. })
+        ));
+        drop(chain);
+        let chain = open(dir.path());
+        assert_eq!(chain.tip(), honest_tip);
+        for hash in &hashes {
+            assert!(!chain.has_block(hash));
+        }
+    }
+
+    #[test]
+    fn a_start_after_a_failed_branch_goes_on_to_the_best_valid_branch() {
+        // Blocks mined elsewhere: a valid chain of three.
+        let source = tempfile::tempdir().unwrap();
+        let mut miner = open(source.path());
+        let honest: Vec<Block> = (0..3)
+            .map(|i| {
+                let block = mine(&mut miner, Address([1; 32]), NOW + i);
+                miner.process_block(block.clone(), NOW + 10).unwrap();
+                block
+            })
+            .collect();
+        let genesis = miner.params().genesis_block().unwrap();
+        drop(miner);
+
+        // A store on genesis holding, off the main chain, that valid chain
+        // and a heavier branch whose first block is invalid: what a node
+        // killed after disconnecting its main chain for that branch leaves.
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        let params = ChainParams::regtest();
+        let store = Store::open(
+            &dir.path().join("chain.redb"),
+            params.name,
+            &genesis,
+            &params.genesis_state(),
+        )
+        .unwrap();
+        let mut bad = vec![coinbase_block(
+            &genesis.header,
+            1,
+            2,
+            protocol::StateRoot([0xbb; 32]),
+        )];
+        for height in 2..=5u64 {
+            let parent = bad.last().unwrap().header;
+            bad.push(coinbase_block(
+                &parent,
+                height,
+                2,
+                protocol::StateRoot([0xbb; 32]),
+            ));
+        }
+        for (branch, first_seq) in [(&honest, 10u64), (&bad, 20u64)] {
+            let mut work = block_work(&genesis.header);
+            for (i, block) in branch.iter().enumerate() {
+                let i = u64::try_from(i).unwrap();
+                work = work.checked_add(block_work(&block.header)).unwrap();
+                let entry = StoredIndex {
+                    header: block.header,
+                    height: Height(i + 1),
+                    work,
+                    seq: first_seq + i,
+                };
+                store.put_block(block, &entry).unwrap();
+            }
+        }
+        drop(store);
+
+        let chain = open(dir.path());
+        assert_eq!(
+            chain.tip(),
+            honest[2].hash(),
+            "the failed branch is forgotten and the valid one connected"
+        );
+        assert_eq!(chain.height(), Height(3));
+        for block in &bad {
+            assert!(!chain.has_block(&block.hash()));
+        }
     }
 
     #[test]
