@@ -82,6 +82,55 @@ pub type SharedVerifier = Arc<dyn SegmentVerifier + Send + Sync>;
 /// Blocks the network hash rate is estimated over.
 pub const NETWORK_HASHRATE_BLOCKS: u64 = 20;
 
+/// The deepest fork a side block may start from, in blocks below the tip:
+/// 288 (24 minutes of the devnet's 5-second blocks). A side block forking
+/// deeper is not stored: anyone can mine siblings of an old block cheaply
+/// (ASERT lowers the work a block needs when its parent is far behind
+/// schedule), and nothing forking that deep is followed anyway.
+pub const MAX_FORK_DEPTH: u64 = 288;
+
+/// How far behind the tip, in blocks of work, an unrequested side-branch
+/// block's branch may be and still be stored: 6. An honest competing block
+/// is one behind at most; a branch further behind can only become the tip
+/// through blocks this node asks for after their headers showed more work
+/// (see `net/sync.rs`).
+pub const REACH_BLOCKS: u64 = 6;
+
+/// Block hashes remembered as invalid: 16,384 (about 1 MiB). Past it the
+/// oldest is forgotten; a block sent again after that is judged again, its
+/// proof of work first.
+pub const MAX_KNOWN_INVALID: usize = 16_384;
+
+/// The hashes of blocks found invalid, bounded by [`MAX_KNOWN_INVALID`].
+#[derive(Debug, Default)]
+struct KnownInvalid {
+    set: HashSet<BlockHash>,
+    order: VecDeque<BlockHash>,
+}
+
+impl KnownInvalid {
+    fn contains(&self, hash: &BlockHash) -> bool {
+        self.set.contains(hash)
+    }
+
+    fn insert(&mut self, hash: BlockHash) {
+        if self.set.insert(hash) {
+            self.order.push_back(hash);
+            while self.order.len() > MAX_KNOWN_INVALID {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn extend(&mut self, hashes: impl IntoIterator<Item = BlockHash>) {
+        for hash in hashes {
+            self.insert(hash);
+        }
+    }
+}
+
 /// Most blocks waiting for a missing parent.
 pub const MAX_ORPHANS: usize = 128;
 /// Most headers returned for one locator.
@@ -121,6 +170,26 @@ pub enum ChainError {
         /// What could not be judged.
         source: BlockError,
     },
+    /// A side-branch block forking more than [`MAX_FORK_DEPTH`] blocks below
+    /// the tip: not stored. The main chain is not rewritten that deep.
+    #[error("block {hash} forks {depth} blocks below the tip, expected at most {max}")]
+    ForkTooDeep {
+        /// The block.
+        hash: BlockHash,
+        /// Blocks between its fork point and the tip.
+        depth: u64,
+        /// [`MAX_FORK_DEPTH`].
+        max: u64,
+    },
+    /// An unrequested side-branch block whose branch is further behind the
+    /// tip than [`REACH_BLOCKS`] blocks of work: not stored, not relayed.
+    #[error("block {hash} is on a branch {behind} blocks of work behind the tip, expected at most {REACH_BLOCKS}")]
+    OutOfReach {
+        /// The block.
+        hash: BlockHash,
+        /// How far behind, in blocks of the tip's work (rounded up).
+        behind: u64,
+    },
     /// The store failed; the chain stays on its last committed tip.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -132,7 +201,11 @@ impl ChainError {
         match self {
             Self::InvalidHeader { source, .. } => !matches!(source, HeaderError::TimeTooNew { .. }),
             Self::InvalidBlock { .. } | Self::KnownInvalid { .. } => true,
-            Self::AwaitingData { .. } | Self::Store(_) => false,
+            // An honest peer may relay a stale block: refused, not blamed.
+            Self::AwaitingData { .. }
+            | Self::Store(_)
+            | Self::ForkTooDeep { .. }
+            | Self::OutOfReach { .. } => false,
         }
     }
 }
@@ -262,7 +335,7 @@ pub struct Chain {
     state: State,
     index: HashMap<BlockHash, IndexEntry>,
     main: Vec<BlockHash>,
-    invalid: HashSet<BlockHash>,
+    invalid: KnownInvalid,
     orphans: OrphanPool,
     mempool: Mempool,
     mempool_version: u64,
@@ -383,7 +456,7 @@ impl Chain {
             state: loaded.state,
             index,
             main: loaded.main,
-            invalid: HashSet::new(),
+            invalid: KnownInvalid::default(),
             orphans: OrphanPool::default(),
             mempool: Mempool::new(limits),
             mempool_version: 0,
@@ -583,8 +656,28 @@ impl Chain {
     /// Validates and stores `block`, switching the main chain to it when its
     /// branch has more work, then does the same for orphans it unblocks.
     pub fn process_block(&mut self, block: Block, now: u32) -> Result<BlockOutcome, ChainError> {
+        self.process(block, now, false)
+    }
+
+    /// [`Self::process_block`] for a block nobody asked for (gossip): a
+    /// side-branch block is stored only if its branch is within
+    /// [`REACH_BLOCKS`] of the tip's work.
+    pub fn process_unrequested(
+        &mut self,
+        block: Block,
+        now: u32,
+    ) -> Result<BlockOutcome, ChainError> {
+        self.process(block, now, true)
+    }
+
+    fn process(
+        &mut self,
+        block: Block,
+        now: u32,
+        unrequested: bool,
+    ) -> Result<BlockOutcome, ChainError> {
         let hash = block.hash();
-        let outcome = self.accept_one(block, hash, now)?;
+        let outcome = self.accept_one(block, hash, now, unrequested)?;
         let mut best = outcome.clone();
         if !matches!(
             outcome,
@@ -594,7 +687,8 @@ impl Chain {
             while let Some(parent) = queue.pop() {
                 for child in self.orphans.children_of(&parent) {
                     let child_hash = child.hash();
-                    if let Ok(child_outcome) = self.accept_one(child, child_hash, now) {
+                    if let Ok(child_outcome) = self.accept_one(child, child_hash, now, unrequested)
+                    {
                         if matches!(child_outcome, BlockOutcome::NewTip { .. }) {
                             best = child_outcome;
                         }
@@ -611,6 +705,7 @@ impl Chain {
         block: Block,
         hash: BlockHash,
         now: u32,
+        unrequested: bool,
     ) -> Result<BlockOutcome, ChainError> {
         if self.invalid.contains(&hash) || self.invalid.contains(&block.header.prev) {
             self.invalid.insert(hash);
@@ -651,10 +746,27 @@ impl Chain {
                     hash,
                     source: BlockError::Overflow("cumulative work"),
                 })?;
-        // A block that becomes the tip is fully applied at once; one stored
-        // on a side branch gets its signatures and other stateless rules
-        // checked now, so it cannot carry garbage into the store.
+        // A block that becomes the tip is fully applied at once. One that
+        // would sit on a side branch is refused, cheapest check first, when
+        // it forks too deep or (unasked for) lags too far behind: it costs
+        // its sender little to mint and this node a stored, synced block.
+        // Otherwise its signatures and other stateless rules are checked
+        // now, so it cannot carry garbage into the store.
         if work <= self.total_work() {
+            let depth = self.fork_depth(&block.header.prev);
+            if depth > MAX_FORK_DEPTH {
+                return Err(ChainError::ForkTooDeep {
+                    hash,
+                    depth,
+                    max: MAX_FORK_DEPTH,
+                });
+            }
+            if unrequested {
+                let behind = self.blocks_behind(work);
+                if behind > REACH_BLOCKS {
+                    return Err(ChainError::OutOfReach { hash, behind });
+                }
+            }
             self.check_side_block_txs(&block, hash)?;
         }
         let seq = self.next_seq;
@@ -701,6 +813,47 @@ impl Chain {
         } else {
             Ok(BlockOutcome::SideChain { height, hash })
         }
+    }
+
+    /// The cumulative work of the stored block `hash`.
+    pub fn work_of(&self, hash: &BlockHash) -> Option<Work> {
+        self.index.get(hash).map(|e| e.work)
+    }
+
+    /// Blocks between the tip and the main-chain ancestor of `parent`
+    /// (`parent`'s own depth when it is on the main chain); stops counting
+    /// past [`MAX_FORK_DEPTH`].
+    fn fork_depth(&self, parent: &BlockHash) -> u64 {
+        let mut cursor = *parent;
+        for _ in 0..=MAX_FORK_DEPTH {
+            let Some(entry) = self.index.get(&cursor) else {
+                return u64::MAX;
+            };
+            if self.is_on_main(&cursor, entry.height) {
+                return self.height().0.saturating_sub(entry.height.0);
+            }
+            cursor = entry.header.prev;
+        }
+        u64::MAX
+    }
+
+    /// How many blocks of the tip's work `work` is behind the tip's total,
+    /// rounded up.
+    fn blocks_behind(&self, work: Work) -> u64 {
+        let tip_block = self
+            .index
+            .get(&self.tip())
+            .map_or(Work::ZERO, |e| block_work(&e.header));
+        let deficit = self.total_work().checked_sub(work).unwrap_or(Work::ZERO);
+        if tip_block == Work::ZERO {
+            return 0;
+        }
+        let per_block = crate::metrics::work_f64(&tip_block);
+        let behind = (crate::metrics::work_f64(&deficit) / per_block).ceil();
+        // Saturating: the ratio of two works is finite and non-negative.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let behind = behind as u64;
+        behind
     }
 
     fn check_side_block_txs(&mut self, block: &Block, hash: BlockHash) -> Result<(), ChainError> {
@@ -1609,5 +1762,66 @@ mod tests {
             a.process_block(overpaid, NOW),
             Err(ChainError::KnownInvalid { .. })
         ));
+    }
+
+    #[test]
+    fn the_orphan_pool_evicts_its_oldest_blocks_past_max_orphans() {
+        let dir_a = tempfile::tempdir().unwrap();
+        let dir_b = tempfile::tempdir().unwrap();
+        let mut a = open(dir_a.path());
+        let mut b = open(dir_b.path());
+        let genesis = a.params().genesis_block().unwrap();
+        // Two valid siblings on `first`, which `a` has not seen yet.
+        let first = mine(&mut b, Address([2; 32]), NOW);
+        b.process_block(first.clone(), NOW).unwrap();
+        let oldest = mine(&mut b, Address([10; 32]), NOW + 1);
+        let newest = mine(&mut b, Address([11; 32]), NOW + 1);
+        assert_ne!(oldest.hash(), newest.hash());
+        // Fillers whose parents nobody has: each on a header of its own.
+        let fillers: Vec<Block> = (0..MAX_ORPHANS)
+            .map(|i| {
+                let mut parent = genesis.header;
+                parent.time += 1000 + u32::try_from(i).unwrap();
+                coinbase_block(&parent, 2, 3, protocol::StateRoot([0; 32]))
+            })
+            .collect();
+
+        let pool_len = |chain: &Chain| {
+            assert_eq!(chain.orphans.order.len(), chain.orphans.blocks.len());
+            chain.orphans.blocks.len()
+        };
+        let arrivals = std::iter::once(&oldest)
+            .chain(&fillers)
+            .chain(std::iter::once(&newest));
+        for (i, block) in arrivals.enumerate() {
+            assert_eq!(
+                a.process_block(block.clone(), NOW + 10).unwrap(),
+                BlockOutcome::Orphan {
+                    parent: block.header.prev
+                }
+            );
+            assert_eq!(pool_len(&a), (i + 1).min(MAX_ORPHANS), "after {i}");
+        }
+        // MAX_ORPHANS + 2 arrived: the two oldest are gone, the rest kept.
+        let pooled = |hash: &BlockHash| a.orphans.blocks.contains_key(hash);
+        assert!(!pooled(&oldest.hash()), "the oldest orphan is evicted");
+        assert!(!pooled(&fillers[0].hash()), "the next oldest too");
+        assert!(fillers.iter().skip(1).all(|f| pooled(&f.hash())));
+        assert!(pooled(&newest.hash()), "the newest orphan is kept");
+
+        // The parent arrives: the kept child connects from the pool, the
+        // evicted one does not.
+        let outcome = a.process_block(first.clone(), NOW + 10).unwrap();
+        assert!(
+            matches!(outcome, BlockOutcome::NewTip { height: Height(2), hash, reorg: None, .. } if hash == newest.hash()),
+            "{outcome:?}"
+        );
+        assert_eq!(a.tip(), newest.hash());
+        assert!(
+            !a.has_block(&oldest.hash()),
+            "an evicted orphan is not connected"
+        );
+        assert!(a.block(&oldest.hash()).unwrap().is_none());
+        assert_eq!(pool_len(&a), MAX_ORPHANS - 1);
     }
 }

@@ -24,8 +24,10 @@ use crate::observe::{unix_seconds, Event, Observer};
 pub enum BlockSource {
     /// This node's miner.
     Mined,
-    /// A peer, by peer id.
+    /// A peer's gossip, by peer id: nobody asked for it.
     Peer(String),
+    /// A block the sync driver asked a peer for, by peer id.
+    Sync(String),
 }
 
 /// Why a chain request got no answer.
@@ -126,6 +128,10 @@ enum Command {
     },
     NetworkHashrate {
         reply: oneshot::Sender<f64>,
+    },
+    WorkOf {
+        hash: BlockHash,
+        reply: oneshot::Sender<Option<protocol::pow::Work>>,
     },
     Shutdown,
 }
@@ -356,7 +362,12 @@ fn run_chain(
             } => {
                 let hash = block.hash();
                 let started = std::time::Instant::now();
-                let result = chain.process_block(*block, unix_now());
+                let result = match &source {
+                    BlockSource::Peer(_) => chain.process_unrequested(*block, unix_now()),
+                    BlockSource::Mined | BlockSource::Sync(_) => {
+                        chain.process_block(*block, unix_now())
+                    }
+                };
                 let validate_us = started.elapsed().as_micros();
                 log_block(&chain, &source, hash, &result, validate_us);
                 count_block(observer, &source, &result);
@@ -479,6 +490,9 @@ fn run_chain(
                 }
                 let _ = reply.send(counts);
             }
+            Command::WorkOf { hash, reply } => {
+                let _ = reply.send(chain.work_of(&hash));
+            }
             Command::NetworkHashrate { reply } => {
                 let _ = reply.send(chain.network_hashrate(crate::chain::NETWORK_HASHRATE_BLOCKS));
             }
@@ -538,6 +552,8 @@ fn count_block(
                 ChainError::InvalidBlock { .. } => "invalid_block",
                 ChainError::KnownInvalid { .. } => "known_invalid",
                 ChainError::AwaitingData { .. } => "awaiting_data",
+                ChainError::ForkTooDeep { .. } => "fork_too_deep",
+                ChainError::OutOfReach { .. } => "out_of_reach",
                 ChainError::Store(_) => "store",
             };
             metrics
@@ -669,7 +685,7 @@ fn log_block(
 ) {
     let peer = match source {
         BlockSource::Mined => "self".to_owned(),
-        BlockSource::Peer(peer) => peer.clone(),
+        BlockSource::Peer(peer) | BlockSource::Sync(peer) => peer.clone(),
     };
     match result {
         Ok(BlockOutcome::NewTip {
@@ -688,7 +704,7 @@ fn log_block(
                     "reorg: depth {} from {} to {}", reorg.depth, reorg.old_tip, tip
                 );
             }
-            if matches!(source, BlockSource::Peer(_)) {
+            if matches!(source, BlockSource::Peer(_) | BlockSource::Sync(_)) {
                 tracing::info!(height = height.0, hash = %tip, txs, %peer, validate_us, "new tip from peer");
             }
             let first = match reorg {
@@ -708,6 +724,9 @@ fn log_block(
             tracing::warn!(block = %hash, %peer, reason = %err, "rejected block");
         }
         Err(ChainError::AwaitingData { .. }) => {}
+        Err(err @ (ChainError::ForkTooDeep { .. } | ChainError::OutOfReach { .. })) => {
+            tracing::debug!(block = %hash, %peer, reason = %err, "side block not stored");
+        }
         Err(err) => {
             tracing::error!(block = %hash, %peer, reason = %err, "block not stored");
         }
@@ -911,6 +930,14 @@ impl ChainHandle {
     /// Jobs by status: open, pending, fulfilled, expired.
     pub async fn job_counts(&self) -> Result<[u64; 4], ServiceError> {
         self.call(|reply| Command::JobCounts { reply }).await
+    }
+
+    /// The cumulative work of the stored block `hash`.
+    pub async fn work_of(
+        &self,
+        hash: BlockHash,
+    ) -> Result<Option<protocol::pow::Work>, ServiceError> {
+        self.call(|reply| Command::WorkOf { hash, reply }).await
     }
 
     /// The network's hash rate, estimated over recent blocks.

@@ -139,9 +139,10 @@ async fn on_gossip_block(ctx: &Context, source: PeerId, data: &[u8]) -> MessageA
         .submit_block(block, BlockSource::Peer(source.to_string()))
         .await
     {
-        Ok(BlockOutcome::NewTip { .. } | BlockOutcome::SideChain { .. }) => {
-            MessageAcceptance::Accept
-        }
+        // Only a block that moved the tip is relayed: a side block stays
+        // here, so a flood of cheap siblings goes no further than one node.
+        Ok(BlockOutcome::NewTip { .. }) => MessageAcceptance::Accept,
+        Ok(BlockOutcome::SideChain { .. }) => MessageAcceptance::Ignore,
         Ok(BlockOutcome::AlreadyKnown) => MessageAcceptance::Ignore,
         Ok(BlockOutcome::Orphan { .. }) => {
             let _ = ctx.behind.send(source);

@@ -33,6 +33,10 @@ use super::wire::{
 
 pub use super::peers::BAN_SCORE;
 
+/// Events from the swarm waiting for the node's dispatcher; see
+/// [`EventLoop::emit`] for what happens past it.
+pub const EVENT_QUEUE: usize = 4096;
+
 /// Inbound connections still in their handshake at once. A handshake costs
 /// this node a Noise key exchange, so unauthenticated sockets are bounded
 /// tightly; more are closed as they arrive.
@@ -363,7 +367,7 @@ struct Dialed {
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::UnboundedReceiver<Command>,
-    events: mpsc::UnboundedSender<NetworkEvent>,
+    events: mpsc::Sender<NetworkEvent>,
     pending_sync: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
     sync_channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
     pending_blob: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
@@ -372,6 +376,8 @@ pub struct EventLoop {
     book: PeerBook,
     /// Established inbound connections by remote IP.
     inbound_ips: HashMap<std::net::IpAddr, usize>,
+    /// Peer arrivals and departures waiting for room in the event queue.
+    lifecycle: std::collections::VecDeque<NetworkEvent>,
     full_peers: HashSet<PeerId>,
     addrs: HashMap<PeerId, Multiaddr>,
     peers: Arc<AtomicUsize>,
@@ -460,7 +466,7 @@ pub async fn start(
     (
         NetworkClient,
         EventLoop,
-        mpsc::UnboundedReceiver<NetworkEvent>,
+        mpsc::Receiver<NetworkEvent>,
         Vec<Multiaddr>,
     ),
     NetError,
@@ -529,7 +535,7 @@ pub async fn start(
         })
         .collect();
     let (command_tx, commands) = mpsc::unbounded_channel();
-    let (events, event_rx) = mpsc::unbounded_channel();
+    let (events, event_rx) = mpsc::channel(EVENT_QUEUE);
     let peers = Arc::new(AtomicUsize::new(0));
     let client = NetworkClient {
         commands: command_tx,
@@ -548,6 +554,7 @@ pub async fn start(
             next_ticket: 0,
             book,
             inbound_ips: HashMap::new(),
+            lifecycle: std::collections::VecDeque::new(),
             full_peers: HashSet::new(),
             addrs: HashMap::new(),
             peers,
@@ -597,7 +604,10 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
-                _ = redial.tick() => self.redial(),
+                _ = redial.tick() => {
+                    self.flush_lifecycle();
+                    self.redial();
+                }
             }
         }
     }
@@ -628,6 +638,48 @@ impl EventLoop {
                 entry.connection = None;
                 entry.next_attempt = now + entry.backoff;
                 entry.backoff = (entry.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// Hands an event to the node. When the node is [`EVENT_QUEUE`] events
+    /// behind, peers' messages are dropped here: gossip unvalidated (so not
+    /// forwarded), requests unanswered (the asker times out and asks
+    /// another peer). Nothing a peer sends can queue without bound.
+    fn emit(&mut self, event: NetworkEvent) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(NetworkEvent::Gossip { id, source, .. })) => {
+                tracing::debug!(peer = %source, "event queue full: gossip message dropped");
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, MessageAcceptance::Ignore);
+            }
+            Err(mpsc::error::TrySendError::Full(
+                event @ (NetworkEvent::PeerReady(_) | NetworkEvent::PeerGone(_)),
+            )) => {
+                // The sync driver must see every peer come and go; these
+                // are bounded by the connection limits and retried.
+                self.lifecycle.push_back(event);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!("event queue full: a peer's request dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Hands over peer arrivals and departures the full queue held back.
+    fn flush_lifecycle(&mut self) {
+        while let Some(event) = self.lifecycle.pop_front() {
+            if let Err(err) = self.events.try_send(event) {
+                match err {
+                    mpsc::error::TrySendError::Full(event) => self.lifecycle.push_front(event),
+                    mpsc::error::TrySendError::Closed(_) => self.lifecycle.clear(),
+                }
+                break;
             }
         }
     }
@@ -822,7 +874,7 @@ impl EventLoop {
                     if self.full_peers.remove(&peer_id) {
                         tracing::info!(peer = %peer_id, %reason, peers = self.full_peers.len(), "peer disconnected");
                         self.peers.store(self.full_peers.len(), Ordering::Relaxed);
-                        let _ = self.events.send(NetworkEvent::PeerGone(peer_id));
+                        self.emit(NetworkEvent::PeerGone(peer_id));
                     } else {
                         tracing::debug!(peer = %peer_id, %reason, "connection closed");
                     }
@@ -871,7 +923,7 @@ impl EventLoop {
                     self.penalise(propagation_source, 10, "gossip on an unknown topic");
                     return;
                 };
-                let _ = self.events.send(NetworkEvent::Gossip {
+                self.emit(NetworkEvent::Gossip {
                     topic,
                     source: propagation_source,
                     id: message_id,
@@ -888,7 +940,7 @@ impl EventLoop {
                         .unwrap_or_default();
                     tracing::info!(peer = %peer_id, %addr, agent = %info.agent_version, peers = self.full_peers.len(), "peer connected");
                     self.peers.store(self.full_peers.len(), Ordering::Relaxed);
-                    let _ = self.events.send(NetworkEvent::PeerReady(peer_id));
+                    self.emit(NetworkEvent::PeerReady(peer_id));
                 }
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
@@ -898,7 +950,7 @@ impl EventLoop {
                     } => {
                         let ticket = self.ticket();
                         self.sync_channels.insert(ticket, channel);
-                        let _ = self.events.send(NetworkEvent::SyncRequest {
+                        self.emit(NetworkEvent::SyncRequest {
                             peer,
                             ticket,
                             data: request,
@@ -941,7 +993,7 @@ impl EventLoop {
                     } => {
                         let ticket = self.ticket();
                         self.blob_channels.insert(ticket, channel);
-                        let _ = self.events.send(NetworkEvent::BlobRequest {
+                        self.emit(NetworkEvent::BlobRequest {
                             peer,
                             ticket,
                             data: request,

@@ -1,8 +1,12 @@
 //! The sync driver: headers-first catch-up from one peer at a time.
 //!
 //! From our block locator it asks a peer for the headers after our best
-//! common block, checks that they link and carry valid proof of work, then
-//! fetches the missing bodies in batches and hands them to the chain task.
+//! common block, checks that they link and carry valid proof of work, and
+//! keeps asking (up to [`MAX_PRESYNC_HEADERS`]) until it has the peer's
+//! branch; only when the work those headers prove beats our tip's does it
+//! fetch the missing bodies, in batches, and hand them to the chain task.
+//! Headers are cheap to check and hold; bodies are what a node stores, so a
+//! branch with less work than ours never costs a body download.
 //! A peer that times out or fails a request is dropped and sync moves on to
 //! another; a peer that sends invalid data is penalised. The driver never
 //! writes chain state itself.
@@ -27,6 +31,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL_INTERVAL: Duration = Duration::from_secs(3);
 /// Bodies asked per request.
 const BODY_BATCH: usize = 64;
+/// Headers held while learning a peer's branch before any body is fetched:
+/// 50,000 (about 6 MB). A longer branch is fetched in parts of this size,
+/// each part judged by the work its headers prove.
+pub const MAX_PRESYNC_HEADERS: usize = 50_000;
 
 /// What wakes the sync driver.
 #[derive(Debug)]
@@ -145,49 +153,39 @@ impl SyncDriver {
         }
     }
 
-    /// Pulls everything `peer` has that we lack. Returns blocks connected.
+    /// Pulls everything `peer` has that we lack, when its branch has more
+    /// work than ours. Returns blocks connected.
     async fn sync_with(&self, peer: PeerId) -> Result<usize, SyncError> {
         let mut total = 0usize;
         loop {
-            let locator = self.chain.locator().await?;
-            let headers = match self
-                .request(peer, &SyncRequest::GetHeaders { locator })
-                .await?
-            {
-                SyncResponse::Headers(headers) => headers,
-                _ => {
-                    return Err(SyncError::Invalid(
-                        peer,
-                        "blocks sent for a headers request".into(),
-                    ))
-                }
-            };
+            let (headers, complete) = self.presync(peer).await?;
             let Some(first) = headers.first() else {
                 return Ok(total);
             };
-            if !self.chain.missing(vec![first.prev]).await?.is_empty() {
-                return Err(SyncError::Invalid(
-                    peer,
-                    "headers do not start on a block we know".into(),
-                ));
-            }
-            let mut hashes = Vec::with_capacity(headers.len());
-            let mut prev = first.prev;
+            // Cost order: the headers linked and met their proof of work
+            // (cheap, done); now their work decides whether any body is
+            // worth downloading.
+            let base = self.chain.work_of(first.prev).await?.ok_or_else(|| {
+                SyncError::Invalid(peer, "headers do not start on a block we know".into())
+            })?;
+            let mut claimed = base;
             for header in &headers {
-                if header.prev != prev {
-                    return Err(SyncError::Invalid(peer, "headers do not link".into()));
-                }
-                let sealed = header.seal();
-                check_proof_of_work(&sealed, &self.params).map_err(|e| {
-                    SyncError::Invalid(peer, format!("header {}: {e}", sealed.hash()))
-                })?;
-                prev = sealed.hash();
-                hashes.push(prev);
+                let work = header
+                    .bits
+                    .to_target()
+                    .map(|t| t.work())
+                    .map_err(|e| SyncError::Invalid(peer, format!("header bits: {e}")))?;
+                claimed = claimed
+                    .checked_add(work)
+                    .ok_or_else(|| SyncError::Invalid(peer, "header work overflows".into()))?;
             }
-            let missing = self.chain.missing(hashes).await?;
-            if missing.is_empty() {
+            if complete && claimed <= self.chain.tip().total_work {
+                tracing::debug!(%peer, headers = headers.len(), "peer's branch has no more work than ours: bodies not fetched");
                 return Ok(total);
             }
+            let tip_before = self.chain.tip().tip;
+            let hashes: Vec<BlockHash> = headers.iter().map(|h| h.seal().hash()).collect();
+            let missing = self.chain.missing(hashes).await?;
             let mut queue: VecDeque<BlockHash> = missing.into();
             while !queue.is_empty() {
                 let batch: Vec<BlockHash> = queue
@@ -229,16 +227,75 @@ impl SyncDriver {
                     total = total.saturating_add(self.connect(peer, block).await?);
                 }
             }
-            if headers.len() < MAX_HEADERS {
+            // A part of a longer branch: go on while it moves our tip (the
+            // next locator then starts past it); otherwise it stays a side
+            // branch and asking again would fetch the same part.
+            if complete || self.chain.tip().tip == tip_before {
                 return Ok(total);
             }
+        }
+    }
+
+    /// The headers of `peer`'s branch after our best common block, checked
+    /// to link and to meet their proof of work, up to
+    /// [`MAX_PRESYNC_HEADERS`]; and whether that is the whole branch.
+    async fn presync(&self, peer: PeerId) -> Result<(Vec<protocol::Header>, bool), SyncError> {
+        let mut locator = self.chain.locator().await?;
+        let mut headers: Vec<protocol::Header> = Vec::new();
+        loop {
+            let batch = match self
+                .request(peer, &SyncRequest::GetHeaders { locator })
+                .await?
+            {
+                SyncResponse::Headers(batch) => batch,
+                _ => {
+                    return Err(SyncError::Invalid(
+                        peer,
+                        "blocks sent for a headers request".into(),
+                    ))
+                }
+            };
+            let Some(first) = batch.first() else {
+                return Ok((headers, true));
+            };
+            let mut prev = match headers.last() {
+                Some(last) => last.seal().hash(),
+                None => {
+                    if !self.chain.missing(vec![first.prev]).await?.is_empty() {
+                        return Err(SyncError::Invalid(
+                            peer,
+                            "headers do not start on a block we know".into(),
+                        ));
+                    }
+                    first.prev
+                }
+            };
+            let full = batch.len() >= MAX_HEADERS;
+            for header in batch {
+                if header.prev != prev {
+                    return Err(SyncError::Invalid(peer, "headers do not link".into()));
+                }
+                let sealed = header.seal();
+                check_proof_of_work(&sealed, &self.params).map_err(|e| {
+                    SyncError::Invalid(peer, format!("header {}: {e}", sealed.hash()))
+                })?;
+                prev = sealed.hash();
+                headers.push(header);
+            }
+            if !full {
+                return Ok((headers, true));
+            }
+            if headers.len() >= MAX_PRESYNC_HEADERS {
+                return Ok((headers, false));
+            }
+            locator = vec![prev];
         }
     }
 
     async fn connect(&self, peer: PeerId, block: Block) -> Result<usize, SyncError> {
         match self
             .chain
-            .submit_block(block, BlockSource::Peer(peer.to_string()))
+            .submit_block(block, BlockSource::Sync(peer.to_string()))
             .await
         {
             Ok(BlockOutcome::NewTip { .. } | BlockOutcome::SideChain { .. }) => Ok(1),
