@@ -169,6 +169,29 @@ impl Metrics {
             "HTTP API answers, by route and status",
             metrics.http_responses.clone(),
         );
+        // Every known label value starts at zero, so a dashboard or alert
+        // sees the series before the first event of its kind.
+        for reason in [
+            "invalid_header",
+            "invalid_block",
+            "known_invalid",
+            "awaiting_data",
+            "store",
+            "fork_too_deep",
+            "out_of_reach",
+        ] {
+            metrics
+                .blocks_rejected
+                .get_or_create(&label("reason", reason));
+        }
+        for outcome in ["passed", "fraud_found", "postponed"] {
+            metrics.audits.get_or_create(&label("outcome", outcome));
+        }
+        for outcome in ["sent", "proven", "refuted"] {
+            metrics
+                .fraud_proofs
+                .get_or_create(&label("outcome", outcome));
+        }
         metrics
     }
 

@@ -598,10 +598,23 @@ async fn metrics_parse_as_prometheus_and_hold_the_names() {
     ] {
         assert!(names.contains(name), "{name} missing from {names:?}");
     }
-    // A labelled family with no sample yet (`gradchain_blocks_rejected`,
-    // `gradchain_audits`, `gradchain_fraud_proofs` on a fresh node) is left
-    // out of the exposition, as the Go client does; every sample that is
-    // there belongs to a family that announces itself.
+    // Labelled families start with every known label at zero.
+    for (name, label, value) in [
+        ("gradchain_blocks_rejected_total", "reason", "invalid_block"),
+        ("gradchain_blocks_rejected_total", "reason", "out_of_reach"),
+        ("gradchain_audits_total", "outcome", "fraud_found"),
+        ("gradchain_fraud_proofs_total", "outcome", "proven"),
+        ("gradchain_fraud_proofs_total", "outcome", "refuted"),
+    ] {
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == name && s.labels.get(label) == Some(value)),
+            "{name}{{{label}=\"{value}\"}} missing"
+        );
+    }
+    // Every sample belongs to a family that announces itself.
     for name in names.iter().filter(|n| n.starts_with("gradchain_")) {
         assert!(
             scrape
