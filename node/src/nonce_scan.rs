@@ -796,7 +796,9 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{CompactTarget, MerkleRoot, StateRoot};
+    use protocol::{sha256d, CompactTarget, MerkleRoot, StateRoot};
+
+    const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::ShaNi, Kernel::Portable];
 
     fn header() -> Header {
         Header {
@@ -810,12 +812,80 @@ mod tests {
         }
     }
 
+    /// What a kernel needs from the CPU.
+    fn needs(kernel: Kernel) -> &'static str {
+        match kernel {
+            Kernel::Avx512 => "avx512f",
+            Kernel::ShaNi => "sha, sse4.1 and ssse3",
+            Kernel::Portable => "nothing",
+        }
+    }
+
+    /// The kernels this CPU runs, after printing for `test` each kernel it
+    /// lacks and why, and which kernels are compared with `sha256d`.
+    fn kernels_compared(test: &str) -> Vec<Kernel> {
+        for kernel in ALL.into_iter().filter(|k| !k.supported()) {
+            println!(
+                "{test}: SKIP {}: this CPU lacks {}; that kernel is not compared",
+                kernel.name(),
+                needs(kernel)
+            );
+        }
+        let ran: Vec<Kernel> = ALL.into_iter().filter(|k| k.supported()).collect();
+        let names: Vec<&str> = ran.iter().map(|k| k.name()).collect();
+        println!(
+            "{test}: compared {} (the miner picks {}) against sha256d",
+            names.join(", "),
+            Kernel::detect().name()
+        );
+        assert!(
+            ran.contains(&Kernel::Portable),
+            "the portable kernel always runs"
+        );
+        ran
+    }
+
+    /// A scanner that really runs `kernel`, not the fallback.
+    fn scanner(header: &Header, target: &Target, kernel: Kernel) -> NonceScanner {
+        let scanner = NonceScanner::with_kernel(header, target, kernel);
+        assert_eq!(scanner.kernel(), kernel, "no silent fallback");
+        scanner
+    }
+
+    /// The block hash with `nonce`: protocol's `sha256d` of all the header's
+    /// bytes, sharing no midstate or kernel code with the scanners.
+    fn sha256d_with(header: &Header, nonce: u64) -> BlockHash {
+        let mut header = *header;
+        header.nonce = nonce;
+        BlockHash(sha256d(&header.to_bytes()))
+    }
+
+    /// The first nonce in `start..start + count` (wrapping) meeting
+    /// `target`, one `sha256d` at a time.
+    fn first_by_sha256d(header: &Header, target: &Target, start: u64, count: u64) -> Option<u64> {
+        let mut nonce = start;
+        for _ in 0..count {
+            if target.is_met_by(&sha256d_with(header, nonce)) {
+                return Some(nonce);
+            }
+            nonce = nonce.wrapping_add(1);
+        }
+        None
+    }
+
     #[test]
-    fn every_kernel_gives_the_reference_hash() {
-        let mut header = header();
+    fn every_kernel_gives_the_sha256d_hash() {
+        let header = header();
         let target = header.bits.to_target().unwrap();
-        for kernel in [Kernel::Avx512, Kernel::ShaNi, Kernel::Portable] {
-            let mut scanner = NonceScanner::with_kernel(&header, &target, kernel);
+        for kernel in ALL.into_iter().filter(|k| !k.supported()) {
+            assert_eq!(
+                NonceScanner::with_kernel(&header, &target, kernel).kernel(),
+                Kernel::Portable,
+                "{kernel:?} falls back to the portable kernel"
+            );
+        }
+        for kernel in kernels_compared("hash") {
+            let mut scanner = scanner(&header, &target, kernel);
             for nonce in [
                 0u64,
                 1,
@@ -827,10 +897,9 @@ mod tests {
                 0xffff_fff8,
                 u64::MAX,
             ] {
-                header.nonce = nonce;
                 assert_eq!(
                     scanner.hash(nonce),
-                    header.hash(),
+                    sha256d_with(&header, nonce),
                     "{kernel:?} nonce {nonce}"
                 );
             }
@@ -838,54 +907,48 @@ mod tests {
     }
 
     #[test]
-    fn kernels_find_the_same_first_nonce() {
+    fn every_kernel_finds_the_first_nonce_sha256d_finds() {
         let header = header();
         let target = header.bits.to_target().unwrap();
-        let mut found = Vec::new();
-        for kernel in [Kernel::Avx512, Kernel::ShaNi, Kernel::Portable] {
-            let mut scanner = NonceScanner::with_kernel(&header, &target, kernel);
-            let nonce = scanner
-                .scan(5, 2_000_000)
-                .expect("a 2^-16 target is met within 2M nonces");
-            let mut solved = header;
-            solved.nonce = nonce;
-            assert!(target.is_met_by(&solved.hash()));
-            found.push(nonce);
+        let expected = first_by_sha256d(&header, &target, 5, 2_000_000)
+            .expect("a 2^-16 target is met within 2M nonces");
+        for kernel in kernels_compared("first nonce") {
+            let mut scanner = scanner(&header, &target, kernel);
+            assert_eq!(scanner.scan(5, 2_000_000), Some(expected), "{kernel:?}");
         }
-        assert!(found.windows(2).all(|pair| pair[0] == pair[1]), "{found:?}");
     }
 
     #[test]
     fn groups_across_a_low_word_wrap_are_scanned_whole() {
         // Nonces around 2^32: word 12 of the block changes inside the group.
         let header = header();
+        let kernels = kernels_compared("low-word wrap");
         // Every other hash meets the regtest limit: each kernel must report
-        // the same first winner, from a start just below the wrap.
+        // the first winner, from a start just below the wrap.
         let easy = CompactTarget(0x207f_ffff).to_target().unwrap();
         for start in 0xffff_fff0u64..0x1_0000_0002 {
-            let mut reference = NonceScanner::with_kernel(&header, &easy, Kernel::Portable);
-            let expected = reference.scan(start, 40);
+            let expected = first_by_sha256d(&header, &easy, start, 40);
             assert!(expected.is_some());
-            for kernel in [Kernel::Avx512, Kernel::ShaNi] {
-                let mut scanner = NonceScanner::with_kernel(&header, &easy, kernel);
+            for &kernel in &kernels {
                 assert_eq!(
-                    scanner.scan(start, 40),
+                    scanner(&header, &easy, kernel).scan(start, 40),
                     expected,
                     "{kernel:?} from {start:#x}"
                 );
             }
         }
-        let mut solved = header;
         let hard = header.bits.to_target().unwrap();
-        let mut reference = NonceScanner::with_kernel(&header, &hard, Kernel::Portable);
-        let expected = reference.scan(0xffff_0000, 3_000_000);
-        for kernel in [Kernel::Avx512, Kernel::ShaNi] {
-            let mut scanner = NonceScanner::with_kernel(&header, &hard, kernel);
-            assert_eq!(scanner.scan(0xffff_0000, 3_000_000), expected, "{kernel:?}");
-        }
-        if let Some(nonce) = expected {
-            solved.nonce = nonce;
-            assert!(hard.is_met_by(&solved.hash()));
+        let expected = first_by_sha256d(&header, &hard, 0xffff_0000, 3_000_000);
+        assert!(
+            expected.is_some_and(|n| n > 0xffff_ffff),
+            "the first winner lies past the low-word wrap, so every kernel scans across it: {expected:x?}"
+        );
+        for &kernel in &kernels {
+            assert_eq!(
+                scanner(&header, &hard, kernel).scan(0xffff_0000, 3_000_000),
+                expected,
+                "{kernel:?}"
+            );
         }
     }
 
@@ -893,12 +956,16 @@ mod tests {
     fn scan_respects_the_count() {
         let header = header();
         let target = header.bits.to_target().unwrap();
-        let mut scanner = NonceScanner::new(&header, &target);
-        let first = scanner.scan(0, u64::MAX).unwrap();
-        for kernel in [Kernel::Avx512, Kernel::ShaNi, Kernel::Portable] {
-            let mut scanner = NonceScanner::with_kernel(&header, &target, kernel);
+        let first = first_by_sha256d(&header, &target, 0, 2_000_000)
+            .expect("a 2^-16 target is met within 2M nonces");
+        for kernel in kernels_compared("count") {
+            let mut scanner = scanner(&header, &target, kernel);
             assert_eq!(scanner.scan(0, first), None, "{kernel:?}");
             assert_eq!(scanner.scan(0, first + 1), Some(first), "{kernel:?}");
         }
+        assert_eq!(
+            NonceScanner::new(&header, &target).scan(0, u64::MAX),
+            Some(first)
+        );
     }
 }

@@ -235,6 +235,17 @@ pub fn kernel_name() -> &'static str {
     TilePath::detect().name()
 }
 
+/// The vector unit [`with_wide_vectors`] compiles its closure for on this
+/// CPU, for logs and tests: `"avx512f"`, `"avx"`, or `"baseline"` when it
+/// just calls the closure.
+pub fn wide_vectors_name() -> &'static str {
+    match TilePath::detect() {
+        TilePath::Avx512 => "avx512f",
+        TilePath::Avx => "avx",
+        TilePath::Baseline => "baseline",
+    }
+}
+
 fn dispatch(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
     matmul_on(TilePath::detect(), a, b, out);
 }
@@ -695,14 +706,18 @@ mod tests {
         (0..n).map(|_| rng.unit_f32() * 2.0 - 1.0).collect()
     }
 
-    /// The definition, one element at a time, in the documented order.
+    /// The definition, one element at a time, in the documented order:
+    /// plain nested loops sharing no code with the tiles, a rounded
+    /// multiply then a rounded add per step (Rust never contracts the two
+    /// into a fused multiply-add).
     fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         let mut out = vec![0.0f32; m * n];
         for i in 0..m {
             for j in 0..n {
                 let mut acc = 0.0f32;
                 for p in 0..k {
-                    acc += a[i * k + p] * b[p * n + j];
+                    let product = a[i * k + p] * b[p * n + j];
+                    acc += product;
                 }
                 out[i * n + j] = acc;
             }
@@ -710,8 +725,34 @@ mod tests {
         out
     }
 
+    /// The tile paths this CPU runs, after printing for `test` each path it
+    /// lacks and why, and which paths are compared with the reference.
+    fn paths_compared(test: &str) -> Vec<TilePath> {
+        let available = TilePath::available();
+        for (path, feature) in [(TilePath::Avx512, "avx512f"), (TilePath::Avx, "avx")] {
+            if !available.contains(&path) {
+                println!(
+                    "{test}: SKIP {}: this CPU lacks {feature}; that path is not compared",
+                    path.name()
+                );
+            }
+        }
+        let names: Vec<&str> = available.iter().map(|p| p.name()).collect();
+        println!(
+            "{test}: compared {} (dispatch picks {}) against the scalar reference",
+            names.join(", "),
+            kernel_name()
+        );
+        available
+    }
+
     #[test]
     fn matmul_is_bitwise_the_sequential_sum_for_every_tile_path() {
+        let paths = paths_compared("matmul");
+        assert!(
+            paths.contains(&TilePath::Baseline),
+            "the portable path always runs"
+        );
         for &(m, k, n) in &[
             (1, 1, 1),
             (3, 5, 7),
@@ -729,7 +770,7 @@ mod tests {
             let bm = MatRef::row_major(&b, k, n).unwrap();
             let got = matmul(am, bm).unwrap();
             assert_eq!(bits(&got), bits(&want), "{m}x{k}x{n}");
-            for path in TilePath::available() {
+            for &path in &paths {
                 let mut c = vec![0.0; m * n];
                 matmul_on(path, am, bm, &mut c);
                 assert_eq!(bits(&c), bits(&want), "{path:?} {m}x{k}x{n}");
@@ -759,6 +800,48 @@ mod tests {
             ] {
                 assert_eq!(bits(&got), bits(&want), "{mr}x{nr} tiles {m}x{k}x{n}");
             }
+        }
+        println!("matmul: compared the portable 6x16 and 8x32 tiles against the scalar reference");
+    }
+
+    #[test]
+    fn a_fused_multiply_add_on_any_path_would_be_caught() {
+        // Two steps per element: -(1 + 2^-11) * 1, then (1 + 2^-12)^2, whose
+        // exact value 1 + 2^-11 + 2^-24 rounds (ties to even) to 1 + 2^-11.
+        // Multiply then add gives exactly 0; a fused multiply-add keeps the
+        // 2^-24.
+        let x = 1.0 + f32::EPSILON * 2048.0; // 1 + 2^-12
+        let y = 1.0 + f32::EPSILON * 4096.0; // 1 + 2^-11
+        let first = -y;
+        let fused = x.mul_add(x, first);
+        assert_eq!(fused, f32::EPSILON / 2.0, "the inputs tell FMA apart");
+        assert_eq!(first + x * x, 0.0);
+        // Every row and column gets the pair, in lanes and tile edges alike.
+        let (m, k, n) = (19, 2, 45);
+        let a: Vec<f32> = (0..m).flat_map(|_| [first, x]).collect();
+        let b: Vec<f32> = [vec![1.0; n], vec![x; n]].concat();
+        let want = reference(&a, &b, m, k, n);
+        assert_eq!(bits(&want), bits(&vec![0.0; m * n]), "the reference");
+        let am = MatRef::row_major(&a, m, k).unwrap();
+        let bm = MatRef::row_major(&b, k, n).unwrap();
+        for path in paths_compared("fma") {
+            let mut c = vec![f32::NAN; m * n];
+            matmul_on(path, am, bm, &mut c);
+            assert_eq!(bits(&c), bits(&want), "{path:?}");
+        }
+        for (mr, nr, got) in [
+            (6, 16, {
+                let mut c = vec![f32::NAN; m * n];
+                matmul_tiles::<6, 16>(am, bm, &mut c, tile_portable::<6, 16>);
+                c
+            }),
+            (8, 32, {
+                let mut c = vec![f32::NAN; m * n];
+                matmul_tiles::<8, 32>(am, bm, &mut c, tile_portable::<8, 32>);
+                c
+            }),
+        ] {
+            assert_eq!(bits(&got), bits(&want), "portable {mr}x{nr} tiles");
         }
     }
 

@@ -421,6 +421,12 @@ mod tests {
         assert_eq!(bits(&p1), bits(&p2));
         assert_eq!(bits(&m1), bits(&m2));
         assert_eq!(bits(&v1), bits(&v2));
+        match crate::kernels::wide_vectors_name() {
+            "baseline" => println!(
+                "SKIP wide vectors: this CPU lacks avx and avx512f; compared the scalar loop with itself only"
+            ),
+            wide => println!("compared the loop compiled for {wide} against the scalar loop"),
+        }
         assert_ne!(
             bits(&p1),
             bits(&start().0),
