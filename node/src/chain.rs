@@ -888,7 +888,7 @@ impl Chain {
         self.index
             .iter()
             .filter(|(hash, _)| {
-                !self.invalid.contains(*hash)
+                !self.invalid.contains(hash)
                     && !self.parked.contains_key(*hash)
                     && !skip.contains(*hash)
             })

@@ -180,15 +180,15 @@ impl Metrics {
             "fork_too_deep",
             "out_of_reach",
         ] {
-            metrics
+            let _ = metrics
                 .blocks_rejected
                 .get_or_create(&label("reason", reason));
         }
         for outcome in ["passed", "fraud_found", "postponed"] {
-            metrics.audits.get_or_create(&label("outcome", outcome));
+            let _ = metrics.audits.get_or_create(&label("outcome", outcome));
         }
         for outcome in ["sent", "proven", "refuted"] {
-            metrics
+            let _ = metrics
                 .fraud_proofs
                 .get_or_create(&label("outcome", outcome));
         }
