@@ -848,7 +848,12 @@ proptest! {
 
 /// One transaction of each kind, and each fraud claim, signed as a wallet
 /// would: the seeds of the mutation properties below.
-fn every_kind() -> Vec<SignedTx> {
+fn every_kind() -> &'static [SignedTx] {
+    static TXS: std::sync::OnceLock<Vec<SignedTx>> = std::sync::OnceLock::new();
+    TXS.get_or_init(wallet_transactions)
+}
+
+fn wallet_transactions() -> Vec<SignedTx> {
     let spec = common::spec();
     let leaves = common::honest_leaves(&JobId([5; 32]), &addr(&key(3)), &spec);
     let result = common::result_for(&spec, &leaves);
