@@ -468,8 +468,24 @@ impl Dataset {
                 format!("1..={}", limits.max_features),
             ));
         }
-        let cells = (rows as usize) * (features as usize);
-        let expected_len = BLOB_HEADER + 4 * cells + 4 * rows as usize;
+        // Checked: the limits may allow more cells than a usize of bytes
+        // can count, and no blob that long can exist.
+        let lengths = (rows as usize)
+            .checked_mul(features as usize)
+            .and_then(|cells| {
+                let features_len = cells.checked_mul(4)?;
+                let len = BLOB_HEADER
+                    .checked_add(features_len)?
+                    .checked_add((rows as usize).checked_mul(4)?)?;
+                Some((cells, len))
+            });
+        let Some((cells, expected_len)) = lengths else {
+            return Err(bad_blob(
+                "length",
+                blob.len(),
+                format!("{rows} rows of {features} features, which no blob can hold"),
+            ));
+        };
         if blob.len() != expected_len {
             return Err(bad_blob("length", blob.len(), expected_len.to_string()));
         }
@@ -531,6 +547,25 @@ mod tests {
 
     fn parse(text: &str, kind: TaskKind) -> Result<Dataset, DatasetError> {
         parse_csv(text, kind, &DatasetLimits::default())
+    }
+
+    #[test]
+    fn a_blob_announcing_more_cells_than_can_be_counted_is_refused() {
+        let limits = DatasetLimits {
+            max_rows: u32::MAX,
+            max_features: u32::MAX,
+            ..DatasetLimits::default()
+        };
+        let mut blob = BLOB_MAGIC.to_vec();
+        blob.push(TAG_REGRESSION);
+        blob.extend_from_slice(&0u32.to_le_bytes());
+        blob.extend_from_slice(&u32::MAX.to_le_bytes());
+        blob.extend_from_slice(&u32::MAX.to_le_bytes());
+        blob.extend_from_slice(&[0u8; 64]);
+        match Dataset::from_blob(&blob, &limits) {
+            Err(DatasetError::BadBlob { what, .. }) => assert_eq!(what, "length"),
+            other => panic!("expected a length refusal, got {other:?}"),
+        }
     }
 
     #[test]
