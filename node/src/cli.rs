@@ -9,18 +9,18 @@
 //! `mining_threads`, `mine_interval_ms`, `log_format`, `audit_fraction`,
 //! `audit_key`, `http`, `no_http`, `http_token_file`); flags win over it.
 
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 use protocol::{Address, Amount, ChainParams, JobId, TxBody, TxKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use trainer::client::{JobFilter, NodeArgs, NodeClient};
+use trainer::logging::LogFormat;
 
 use crate::keys;
 use crate::node::{self, NodeConfig};
@@ -178,13 +178,6 @@ struct JsonFlag {
     /// Print exactly one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Args, Debug, Default)]
@@ -455,25 +448,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    // An unset, empty or unparsable RUST_LOG leaves the default filter.
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=error"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // Colour only on a terminal: `docker logs` and files get plain text.
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-    };
-}
-
 fn parse_address(text: &str) -> anyhow::Result<Address> {
     text.trim().parse::<Address>().map_err(|e| anyhow!("{e}"))
 }
@@ -606,7 +580,7 @@ async fn shutdown_signal() {
 
 fn run_node(args: RunArgs) -> anyhow::Result<()> {
     let (config, log_format) = node_config(args)?;
-    init_logging(log_format);
+    trainer::logging::init(log_format, "info,libp2p_gossipsub=error");
     runtime()?.block_on(node::run(config, shutdown_signal()))?;
     Ok(())
 }

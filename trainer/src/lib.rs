@@ -23,6 +23,7 @@ pub mod client;
 pub mod dataset;
 pub mod kernels;
 pub mod keyfile;
+pub mod logging;
 pub mod model;
 pub mod ops;
 pub mod optim;

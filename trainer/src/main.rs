@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use protocol::{Loss, TestMetric};
 use trainer::bench::{self, BenchJob};
 use trainer::bench_verify;
+use trainer::logging::LogFormat;
 use trainer::{Dataset, DatasetError, DatasetLimits, OptimizerKind, TaskKind, TrainSettings};
 
 #[derive(Parser, Debug)]
@@ -31,12 +32,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -220,7 +215,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    init_logging(cli.log_format);
+    trainer::logging::init(cli.log_format, "info");
     let outcome = match cli.command {
         Command::Train(args) => run_train(args),
         Command::Bench(args) => run_bench(args),
@@ -233,26 +228,6 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// Logs to stderr: colour only when stderr is a terminal, so that files and
-/// `docker logs` hold no escape codes.
-fn init_logging(format: LogFormat) {
-    // An unset, empty or unparsable RUST_LOG leaves the default filter.
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-    };
 }
 
 /// Reads a CSV dataset; errors name the file once.
