@@ -584,6 +584,11 @@ impl Chain {
         Ok(self.store.block(hash)?)
     }
 
+    /// A stored block with its encoded size.
+    pub fn block_and_size(&self, hash: &BlockHash) -> Result<Option<(Block, usize)>, ChainError> {
+        Ok(self.store.block_and_size(hash)?)
+    }
+
     /// A block locator: the last ten main-chain hashes, then exponentially
     /// sparser ones, ending at genesis.
     pub fn locator(&self) -> Vec<BlockHash> {
@@ -1024,9 +1029,9 @@ impl Chain {
 
     /// Applies the stored block `hash` on top of the tip and commits it.
     fn connect(&mut self, hash: &BlockHash) -> Result<Result<(), BlockError>, ChainError> {
-        let block = self
+        let (block, size) = self
             .store
-            .block(hash)?
+            .block_and_size(hash)?
             .ok_or_else(|| StoreError::Missing(format!("block {hash}")))?;
         let height = self
             .index
@@ -1054,9 +1059,7 @@ impl Chain {
             hash: *hash,
             time: block.header.time,
             txs: block.txs.len(),
-            bytes: protocol::codec::encode(&block)
-                .map(|b| b.len())
-                .unwrap_or(0),
+            bytes: size,
             miner: match block.txs.first() {
                 Some(Transaction::Coinbase(cb)) => cb.miner,
                 _ => Address::ZERO,

@@ -654,7 +654,7 @@ fn blocks_page(
         let Some(hash) = chain.hash_at(Height(height)) else {
             break;
         };
-        let Some(block) = chain.block(&hash)? else {
+        let Some((block, size)) = chain.block_and_size(&hash)? else {
             break;
         };
         rows.push(BlockSummaryRow {
@@ -662,7 +662,7 @@ fn blocks_page(
             hash,
             time: block.header.time,
             txs: block.txs.len(),
-            bytes: block.encode().map(|b| b.len()).unwrap_or(0),
+            bytes: size,
             miner: match block.txs.first() {
                 Some(protocol::Transaction::Coinbase(cb)) => cb.miner,
                 _ => Address::ZERO,
@@ -838,10 +838,9 @@ fn blocks(chain: &Chain, hashes: &[BlockHash]) -> Result<Vec<Block>, ChainError>
     let mut out = Vec::new();
     let mut bytes = 0usize;
     for hash in hashes {
-        let Some(block) = chain.block(hash)? else {
+        let Some((block, size)) = chain.block_and_size(hash)? else {
             break;
         };
-        let size = block.encode().map(|b| b.len()).unwrap_or(0);
         if !out.is_empty() && bytes.saturating_add(size) > MAX_BLOCKS_RESPONSE_BYTES {
             break;
         }

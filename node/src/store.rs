@@ -683,11 +683,17 @@ impl Store {
 
     /// A stored block.
     pub fn block(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError> {
+        Ok(self.block_and_size(hash)?.map(|(block, _)| block))
+    }
+
+    /// A stored block with its encoded size, read from the store rather
+    /// than encoded again.
+    pub fn block_and_size(&self, hash: &BlockHash) -> Result<Option<(Block, usize)>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BLOCKS)?;
         let value = table.get(hash.as_bytes())?;
         match value {
-            Some(bytes) => Ok(Some(codec::decode(bytes.value())?)),
+            Some(bytes) => Ok(Some((codec::decode(bytes.value())?, bytes.value().len()))),
             None => Ok(None),
         }
     }
