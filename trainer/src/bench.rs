@@ -1,10 +1,17 @@
-//! The speed benchmark: the same training job timed on the reproducible
+//! The speed benchmark: the same training jobs timed on the reproducible
 //! engine and on stock candle (candle-nn `Linear`, `loss::cross_entropy` and
-//! `AdamW`), reported as steps per second and their ratio.
+//! `AdamW`) at each thread count asked for, with PyTorch's figures for the
+//! same jobs when a run of it is supplied, reported as steps per second, the
+//! engine's ratio to each baseline and to itself on one thread, and the
+//! engine's GFLOP/s beside the core's multiply-and-add peak measured in the
+//! same run.
 //!
 //! Timing is measured here only to be printed; it must never be asserted in
 //! a test or reach a training result. Stock candle is the baseline because
-//! it is what the engine replaces: it is fast but not reproducible.
+//! it is what the engine replaces: it is fast but not reproducible. Each
+//! figure is the best of several rounds, the engines taking turns within a
+//! round, so that a noisy neighbour on a shared machine slows both alike
+//! and the ratios stay meaningful.
 
 use std::time::Instant;
 
@@ -12,6 +19,7 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{Module, Optimizer as _};
 use protocol::{F32Bits, Optimizer};
 
+use crate::kernels;
 use crate::model::{Mlp, ModelError};
 use crate::optim::OptimizerState;
 use crate::rng::SplitMix64;
@@ -22,6 +30,8 @@ use crate::step::{BatchTargets, StepWorkspace};
 pub struct BenchJob {
     /// What the job is, for the report.
     pub name: String,
+    /// A short name, the key of the job in a PyTorch run's figures.
+    pub key: String,
     /// Layer widths, input first.
     pub widths: Vec<usize>,
     /// Features, row-major.
@@ -34,22 +44,61 @@ pub struct BenchJob {
     pub steps: usize,
 }
 
-/// Steps per second of each engine.
+/// One job at one thread count: steps per second of each engine.
 #[derive(Clone, Debug, PartialEq)]
-pub struct BenchResult {
+pub struct BenchRow {
     /// The job.
     pub name: String,
+    /// Engine threads (and candle's, and PyTorch's).
+    pub threads: usize,
     /// The reproducible engine.
     pub reproducible: f64,
-    /// Stock candle.
-    pub stock: f64,
+    /// Stock candle (`None` when not timed).
+    pub stock: Option<f64>,
+    /// PyTorch, from a run supplied to the report (`None` when absent).
+    pub pytorch: Option<f64>,
+    /// Floating-point operations of one step's products (a multiply and an
+    /// add count as two).
+    pub flops_per_step: f64,
 }
 
-impl BenchResult {
-    /// `reproducible / stock`.
-    pub fn ratio(&self) -> f64 {
-        self.reproducible / self.stock
+impl BenchRow {
+    /// The engine's GFLOP/s in its products.
+    pub fn gflops(&self) -> f64 {
+        self.reproducible * self.flops_per_step / 1e9
     }
+}
+
+/// Multiplies and adds of one training step's matrix products for an MLP
+/// of `widths` at `batch` rows, counted as two operations each: every
+/// layer's forward product and weight gradient, and the input gradient of
+/// every layer above the first.
+pub fn flops_per_step(widths: &[usize], batch: usize) -> f64 {
+    let mut macs = 0usize;
+    for (i, pair) in widths.windows(2).enumerate() {
+        if let [fan_in, fan_out] = pair {
+            let product = batch.saturating_mul(*fan_in).saturating_mul(*fan_out);
+            let products = if i == 0 { 2 } else { 3 };
+            macs = macs.saturating_add(product.saturating_mul(products));
+        }
+    }
+    2.0 * macs as f64
+}
+
+/// The core's multiply-and-add peak on one thread, GFLOP/s, on the tile
+/// path the kernels dispatch to: the best of a few timed rounds of
+/// [`kernels::mul_add_peak`].
+pub fn mul_add_peak_gflops() -> f64 {
+    let path = kernels::TilePath::detect();
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let (flops, keep) = kernels::mul_add_peak(path, 2_000_000);
+        let seconds = start.elapsed().as_secs_f64().max(1e-9);
+        std::hint::black_box(keep);
+        best = best.max(flops as f64 / seconds / 1e9);
+    }
+    best
 }
 
 const WARMUP_STEPS: usize = 3;
@@ -104,8 +153,10 @@ fn adam() -> Optimizer {
     }
 }
 
-/// Steps per second of the reproducible engine on `job`.
-pub fn time_reproducible(job: &BenchJob) -> Result<f64, ModelError> {
+/// Steps per second of the reproducible engine on `job` with `threads`
+/// engine threads.
+pub fn time_reproducible(job: &BenchJob, threads: usize) -> Result<f64, ModelError> {
+    crate::pool::set_threads(threads);
     let mlp = Mlp::init(&job.widths, 1)?;
     let sizes: Vec<usize> = mlp
         .named_params()
@@ -131,9 +182,12 @@ pub fn time_reproducible(job: &BenchJob) -> Result<f64, ModelError> {
     Ok(job.steps as f64 / start.elapsed().as_secs_f64().max(1e-9))
 }
 
-/// Steps per second of stock candle on `job`: candle-nn `Linear` layers with
-/// ReLU, `candle_nn::loss::cross_entropy` and `AdamW` without weight decay.
-pub fn time_stock(job: &BenchJob) -> Result<f64, ModelError> {
+/// Steps per second of stock candle on `job` with `threads` threads:
+/// candle-nn `Linear` layers with ReLU, `candle_nn::loss::cross_entropy`
+/// and `AdamW` without weight decay.
+pub fn time_stock(job: &BenchJob, threads: usize) -> Result<f64, ModelError> {
+    // Candle's matrix product reads this on every call.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let mut rng = SplitMix64::new(1);
     let mut vars = Vec::new();
     let mut layers = Vec::new();
@@ -189,15 +243,89 @@ pub fn time_stock(job: &BenchJob) -> Result<f64, ModelError> {
     Ok(job.steps as f64 / start.elapsed().as_secs_f64().max(1e-9))
 }
 
-/// Times `job` on both engines, stock first.
-pub fn run(job: &BenchJob) -> Result<BenchResult, ModelError> {
-    let stock = time_stock(job)?;
-    let reproducible = time_reproducible(job)?;
-    Ok(BenchResult {
-        name: job.name.clone(),
-        reproducible,
-        stock,
-    })
+/// Times `job` at each of `threads`, best of `rounds` rounds, the engines
+/// taking turns within a round (stock candle first unless `stock` is
+/// false).
+pub fn run(
+    job: &BenchJob,
+    threads: &[usize],
+    rounds: usize,
+    stock: bool,
+) -> Result<Vec<BenchRow>, ModelError> {
+    let mut rows = Vec::with_capacity(threads.len());
+    for &n in threads {
+        let mut best_stock = stock.then_some(0.0f64);
+        let mut best = 0.0f64;
+        for _ in 0..rounds.max(1) {
+            if let Some(b) = best_stock.as_mut() {
+                *b = b.max(time_stock(job, n)?);
+            }
+            best = best.max(time_reproducible(job, n)?);
+        }
+        rows.push(BenchRow {
+            name: job.name.clone(),
+            threads: n,
+            reproducible: best,
+            stock: best_stock,
+            pytorch: None,
+            flops_per_step: flops_per_step(&job.widths, job.batch),
+        });
+    }
+    Ok(rows)
+}
+
+/// The report: one line per job and thread count, then the peak.
+pub fn table(rows: &[BenchRow], peak_gflops: f64, pytorch_note: Option<&str>) -> String {
+    let figure = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    let ratio = |a: f64, b: Option<f64>| {
+        b.filter(|b| *b > 0.0)
+            .map_or("-".to_string(), |b| format!("{:.2}x", a / b))
+    };
+    let mut lines = vec![format!(
+        "{:<34} {:>3} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>5}",
+        "job (steps/s)",
+        "thr",
+        "engine",
+        "candle",
+        "pytorch",
+        "vs cndl",
+        "vs torch",
+        "vs 1 thr",
+        "GFLOP/s",
+        "%peak"
+    )];
+    for row in rows {
+        let single = rows
+            .iter()
+            .find(|r| r.name == row.name && r.threads == 1)
+            .map(|r| r.reproducible);
+        let peak_share = if row.threads == 1 && peak_gflops > 0.0 {
+            format!("{:.0}%", 100.0 * row.gflops() / peak_gflops)
+        } else {
+            "-".to_string()
+        };
+        lines.push(format!(
+            "{:<34} {:>3} {:>9.1} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7.1} {:>5}",
+            row.name,
+            row.threads,
+            row.reproducible,
+            figure(row.stock),
+            figure(row.pytorch),
+            ratio(row.reproducible, row.stock),
+            ratio(row.reproducible, row.pytorch),
+            ratio(row.reproducible, single),
+            row.gflops(),
+            peak_share,
+        ));
+    }
+    lines.push(format!(
+        "core peak, separate multiply and add, one thread ({}): {peak_gflops:.1} GFLOP/s",
+        kernels::kernel_name()
+    ));
+    if let Some(note) = pytorch_note {
+        lines.push(format!("pytorch: {note}"));
+    }
+    lines.join("\n")
 }
 
 #[cfg(test)]
@@ -209,14 +337,30 @@ mod tests {
         let (x, labels) = synthetic_mnist(16, 3);
         let job = BenchJob {
             name: "tiny".into(),
+            key: "tiny".into(),
             widths: vec![784, 8, 10],
             x,
             labels,
             batch: 8,
             steps: 2,
         };
-        let r = run(&job).unwrap();
-        assert!(r.reproducible > 0.0 && r.stock > 0.0);
-        assert!(r.ratio().is_finite());
+        let rows = run(&job, &[1, 2], 1, true).unwrap();
+        assert_eq!(rows.len(), 2);
+        for r in &rows {
+            assert!(r.reproducible > 0.0 && r.stock.is_some_and(|s| s > 0.0));
+        }
+        let table = table(&rows, 1.0, Some("not run"));
+        assert_eq!(table.lines().count(), 5, "{table}");
+    }
+
+    #[test]
+    fn flops_count_every_product_of_a_step() {
+        // The 784-256-256-10 job at batch 128: about 155 MFLOP a step.
+        let f = flops_per_step(&[784, 256, 256, 10], 128);
+        assert_eq!(
+            f,
+            2.0 * 128.0 * (2.0 * 784.0 * 256.0 + 3.0 * 256.0 * 256.0 + 3.0 * 2560.0)
+        );
+        assert!((f / 1e6 - 155.0).abs() < 1.0);
     }
 }

@@ -121,6 +121,15 @@ impl<'a> MatRef<'a> {
         self.cols
     }
 
+    /// Rows `first..first + rows` of the view (callers stay inside).
+    fn row_band(self, first: usize, rows: usize) -> Self {
+        Self {
+            offset: self.offset + first * self.row_stride,
+            rows,
+            ..self
+        }
+    }
+
     /// The transposed view (no copy).
     pub fn t(self) -> Self {
         Self {
@@ -221,7 +230,18 @@ impl TilePath {
             .collect()
     }
 
-    fn name(self) -> &'static str {
+    /// Rows of one tile panel: bands of a threaded product are cut on
+    /// multiples of it.
+    fn panel_rows(self) -> usize {
+        match self {
+            Self::Avx512 => 8,
+            Self::Avx => 6,
+            Self::Baseline => 4,
+        }
+    }
+
+    /// The path's name, for reports.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Avx512 => "avx512 8x32",
             Self::Avx => "avx 6x16",
@@ -246,8 +266,36 @@ pub fn wide_vectors_name() -> &'static str {
     }
 }
 
+/// Runs the product on the engine's pool: the output's rows are cut into
+/// contiguous bands (whole tile panels, so no tile is split), one per part,
+/// and each band is the product of the same rows of `a` with all of `b`.
+/// An element's sum runs over the whole inner dimension inside one band,
+/// in the same order as on one thread, so the cut never changes a bit.
 fn dispatch(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
-    matmul_on(TilePath::detect(), a, b, out);
+    let path = TilePath::detect();
+    let panel = path.panel_rows();
+    let panels = a.rows.div_ceil(panel);
+    let parts = crate::pool::parts_for(panels, panel.saturating_mul(a.cols).saturating_mul(b.cols));
+    matmul_in_bands(path, a, b, out, parts);
+}
+
+/// `a · b` into `out` on `path`, the output's rows cut into `parts` bands
+/// of whole panels run on the pool (see [`dispatch`]).
+fn matmul_in_bands(path: TilePath, a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], parts: usize) {
+    let n = b.cols;
+    if parts <= 1 || n == 0 {
+        matmul_on(path, a, b, out);
+        return;
+    }
+    crate::pool::for_each_chunk(
+        out,
+        path.panel_rows().saturating_mul(n),
+        parts,
+        |offset, band| {
+            let rows = band.len() / n;
+            matmul_on(path, a.row_band(offset / n, rows), b, band);
+        },
+    );
 }
 
 /// `a · b` into `out` on a given path; a path the CPU lacks falls back to
@@ -284,6 +332,30 @@ pub(crate) fn with_wide_vectors<R>(f: impl FnOnce() -> R) -> R {
     {
         f()
     }
+}
+
+/// The core's multiply-and-add throughput, for comparing the kernels with:
+/// runs independent chains of separate multiplies and adds (the kernels'
+/// rule, no fused multiply-add) on `path`'s registers for `iterations`
+/// rounds and returns the floating-point operations done (a multiply and an
+/// add count as two) and a value that keeps the loop from being optimised
+/// away. The caller times it.
+pub fn mul_add_peak(path: TilePath, iterations: usize) -> (usize, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(done) = simd::mul_add_peak(path, iterations) {
+        return done;
+    }
+    let _ = path;
+    let zero = std::hint::black_box(0.0f32);
+    let mut acc = [[1.0f32; 4]; 8];
+    for _ in 0..iterations {
+        for chain in acc.iter_mut() {
+            for a in chain.iter_mut() {
+                *a += *a * zero;
+            }
+        }
+    }
+    (iterations * 8 * 4 * 2, sum(acc.into_iter().flatten()))
 }
 
 /// One `MR × NR` tile in plain arrays: `acc[r][c] += a[r] * b[c]` for every
@@ -357,6 +429,66 @@ mod simd {
         } else {
             f()
         }
+    }
+
+    /// See [`super::mul_add_peak`]: `None` when the CPU lacks the path's
+    /// feature.
+    pub(super) fn mul_add_peak(path: super::TilePath, iterations: usize) -> Option<(usize, f32)> {
+        match path {
+            super::TilePath::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
+                // SAFETY: the CPU was just checked to support AVX-512F, the
+                // only feature `peak_512` is compiled for.
+                Some(unsafe { peak_512(iterations) })
+            }
+            super::TilePath::Avx if std::arch::is_x86_feature_detected!("avx") => {
+                // SAFETY: the CPU was just checked to support AVX, the only
+                // feature `peak_256` is compiled for.
+                Some(unsafe { peak_256(iterations) })
+            }
+            _ => None,
+        }
+    }
+
+    /// 16 independent chains of `acc = acc + acc * zero` in zmm registers:
+    /// each step depends on the last (nothing can be hoisted or folded;
+    /// `zero` is opaque to the compiler), and 16 chains are more than
+    /// enough to hide the latency, so the loop runs at the multiply and add
+    /// throughput of the core.
+    #[target_feature(enable = "avx512f")]
+    fn peak_512(iterations: usize) -> (usize, f32) {
+        let zero = _mm512_set1_ps(std::hint::black_box(0.0));
+        let mut acc = [_mm512_set1_ps(1.0); 16];
+        for _ in 0..iterations {
+            for a in acc.iter_mut() {
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(*a, zero));
+            }
+        }
+        let mut out = [0.0f32; 16];
+        let mut total = _mm512_setzero_ps();
+        for a in acc {
+            total = _mm512_add_ps(total, a);
+        }
+        store_512(&mut out, total);
+        (iterations * 16 * 16 * 2, out[0])
+    }
+
+    /// [`peak_512`] in ymm registers (12 chains).
+    #[target_feature(enable = "avx")]
+    fn peak_256(iterations: usize) -> (usize, f32) {
+        let zero = _mm256_set1_ps(std::hint::black_box(0.0));
+        let mut acc = [_mm256_set1_ps(1.0); 12];
+        for _ in 0..iterations {
+            for a in acc.iter_mut() {
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(*a, zero));
+            }
+        }
+        let mut out = [0.0f32; 8];
+        let mut total = _mm256_setzero_ps();
+        for a in acc {
+            total = _mm256_add_ps(total, a);
+        }
+        store_256(&mut out, total);
+        (iterations * 12 * 8 * 2, out[0])
     }
 
     #[target_feature(enable = "avx512f")]
@@ -595,9 +727,24 @@ fn pack_columns<const NR: usize>(b: &MatRef<'_>, j0: usize, width: usize, packed
                 dst.copy_from_slice(src);
             }
         }
+    } else if b.row_stride == 1 {
+        // A transposed row-major matrix (a weight matrix in the input
+        // gradient): each column is contiguous, read in one pass per column
+        // and scattered down the packed rows.
+        let k = b.rows;
+        for c in 0..width {
+            let column = b.offset + (j0 + c) * b.col_stride;
+            let Some(src) = b.data.get(column..column + k) else {
+                continue;
+            };
+            for (dst, v) in packed.chunks_exact_mut(NR).zip(src) {
+                if let Some(slot) = dst.get_mut(c) {
+                    *slot = *v;
+                }
+            }
+        }
     } else {
-        // A transposed view: walk each column, which is contiguous when
-        // `row_stride` is 1.
+        // Any other strides, one element at a time.
         for c in 0..width {
             let column = b.offset + (j0 + c) * b.col_stride;
             for (p, dst) in packed.chunks_exact_mut(NR).enumerate() {
@@ -802,6 +949,59 @@ mod tests {
             }
         }
         println!("matmul: compared the portable 6x16 and 8x32 tiles against the scalar reference");
+    }
+
+    #[test]
+    fn every_band_cut_gives_the_bits_of_the_sequential_sum() {
+        // Row counts not divisible by the part count or the panel height,
+        // a one-row batch, more parts than panels, and transposed views.
+        let paths = paths_compared("bands");
+        for &(m, k, n) in &[
+            (1, 9, 33),
+            (2, 5, 3),
+            (7, 13, 17),
+            (13, 64, 10),
+            (25, 3, 40),
+            (61, 17, 70),
+            (128, 20, 33),
+        ] {
+            let a = random(m * k, 5);
+            let b = random(k * n, 6);
+            let want = reference(&a, &b, m, k, n);
+            let am = MatRef::row_major(&a, m, k).unwrap();
+            let bm = MatRef::row_major(&b, k, n).unwrap();
+            let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
+            let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
+            let atm = MatRef::row_major(&at, k, m).unwrap().t();
+            let btm = MatRef::row_major(&bt, n, k).unwrap().t();
+            for &path in &paths {
+                for parts in [1, 2, 3, 7, 16] {
+                    for (av, bv, what) in [(am, bm, "plain"), (atm, btm, "transposed")] {
+                        let mut c = vec![f32::NAN; m * n];
+                        matmul_in_bands(path, av, bv, &mut c, parts);
+                        assert_eq!(
+                            bits(&c),
+                            bits(&want),
+                            "{path:?} {what} {m}x{k}x{n} in {parts} parts"
+                        );
+                    }
+                }
+            }
+        }
+        // And through the pool at every thread count it may be given.
+        let (m, k, n) = (77, 300, 90);
+        let a = random(m * k, 7);
+        let b = random(k * n, 8);
+        let want = reference(&a, &b, m, k, n);
+        for threads in [1, 2, 3, 7, 16] {
+            crate::pool::set_threads(threads);
+            let got = matmul(
+                MatRef::row_major(&a, m, k).unwrap(),
+                MatRef::row_major(&b, k, n).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(bits(&got), bits(&want), "{threads} threads");
+        }
     }
 
     #[test]

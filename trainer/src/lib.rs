@@ -27,6 +27,7 @@ pub mod logging;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod pool;
 pub mod prep;
 pub mod rng;
 pub mod session;

@@ -30,6 +30,12 @@ struct Cli {
     /// Log lines on stderr as text (coloured on a terminal) or as JSON.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Threads of the training engine (`train`, `work`); for `bench`, a
+    /// comma-separated list of counts to time every engine at [default:
+    /// the cores available; bench: 1 and the cores available]. Results are
+    /// bit-identical for every count.
+    #[arg(long, global = true, value_parser = parse_threads, value_name = "N[,N...]")]
+    threads: Option<Threads>,
     #[command(subcommand)]
     command: Command,
 }
@@ -135,12 +141,20 @@ struct BenchArgs {
     /// The digits CSV.
     #[arg(long, default_value = "datasets/digits.csv")]
     digits: PathBuf,
-    /// Threads for stock candle (the reproducible engine uses one).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Timed rounds per figure; each figure is the best round.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Time only the reproducible engine (for profiling).
     #[arg(long)]
     reproducible_only: bool,
+    /// PyTorch's steps/s for the same jobs, as `scripts/bench-train
+    /// --pytorch` writes them: JSON `{"mlp": {"1": s, ...}, "digits": ...}`.
+    #[arg(long, value_name = "FILE.json")]
+    pytorch: Option<PathBuf>,
+    /// A line printed under the table about the PyTorch column (why it is
+    /// empty, or which build ran).
+    #[arg(long, value_name = "TEXT")]
+    pytorch_note: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,6 +195,21 @@ struct VerifyBenchArgs {
 #[derive(Clone, Debug)]
 struct Hidden(Vec<u32>);
 
+#[derive(Clone, Debug)]
+struct Threads(Vec<usize>);
+
+fn parse_threads(text: &str) -> Result<Threads, String> {
+    text.split(',')
+        .map(|t| match t.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!(
+                "{t:?} is not a thread count, expected a number from 1"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Threads)
+}
+
 fn parse_hidden(text: &str) -> Result<Hidden, String> {
     if text.trim().is_empty() {
         return Ok(Hidden(Vec::new()));
@@ -216,14 +245,25 @@ fn main() {
         }
     };
     trainer::logging::init(cli.log_format, "info");
-    let outcome = match cli.command {
-        Command::Train(args) => run_train(args),
-        Command::Bench(args) => run_bench(args),
-        Command::Dataset(netcli::DatasetCommand::Put(args)) => netcli::dataset_put(args),
-        Command::Job(netcli::JobCommand::Post(args)) => netcli::job_post(*args),
-        Command::Work(args) => netcli::work(args),
-        Command::Predict(args) => netcli::predict(args),
+    let threads = cli.threads.map(|t| t.0);
+    let engine_threads = match (&cli.command, threads.as_deref()) {
+        (Command::Bench(_), _) | (_, None) => Ok(trainer::pool::available_threads()),
+        (_, Some([n])) => Ok(*n),
+        (_, Some(list)) => Err(anyhow::anyhow!(
+            "--threads: got {list:?}, expected one count (a list is for bench)"
+        )),
     };
+    let outcome = engine_threads.and_then(|n| {
+        trainer::pool::set_threads(n);
+        match cli.command {
+            Command::Train(args) => run_train(args),
+            Command::Bench(args) => run_bench(args, threads),
+            Command::Dataset(netcli::DatasetCommand::Put(args)) => netcli::dataset_put(args),
+            Command::Job(netcli::JobCommand::Post(args)) => netcli::job_post(*args),
+            Command::Work(args) => netcli::work(args),
+            Command::Predict(args) => netcli::predict(args),
+        }
+    });
     if let Err(e) = outcome {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -361,22 +401,26 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+fn run_bench(args: BenchArgs, threads: Option<Vec<usize>>) -> anyhow::Result<()> {
     if let Some(BenchCommand::Verify(verify)) = args.which {
         return run_bench_verify(verify);
     }
-    if args.threads == 0 || args.steps == 0 || args.digits_steps == 0 {
-        bail!("--threads, --steps and --digits-steps must be at least 1");
+    if args.steps == 0 || args.digits_steps == 0 {
+        bail!("--steps and --digits-steps must be at least 1");
     }
-    // Stock candle's gemm reads this on every call; the reproducible engine
-    // is single-threaded whatever it says.
-    std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    let mut threads = threads.unwrap_or_else(|| vec![1, trainer::pool::available_threads()]);
+    threads.dedup();
+    let pytorch: serde_json::Value = match &args.pytorch {
+        Some(path) => serde_json::from_slice(
+            &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("{}: not JSON", path.display()))?,
+        None => serde_json::Value::Null,
+    };
     let (x, labels) = bench::synthetic_mnist(1024, 7);
     let mnist = BenchJob {
-        name: format!(
-            "mlp 784-256-256-10 batch 128 adam, {} thread(s)",
-            args.threads
-        ),
+        name: "mlp 784-256-256-10 b128 adam".into(),
+        key: "mlp".into(),
         widths: vec![784, 256, 256, 10],
         x,
         labels,
@@ -386,38 +430,26 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let digits = read_csv(&args.digits, TaskKind::Classification)?;
     let prepared = trainer::prep::prepare(&digits, &trainer::settings::DEFAULT_SPLIT, 0)?;
     let digits_job = BenchJob {
-        name: format!(
-            "digits 64-128-128-10 batch 64 adam, {} thread(s)",
-            args.threads
-        ),
+        name: "digits 64-128-128-10 b64 adam".into(),
+        key: "digits".into(),
         widths: vec![64, 128, 128, 10],
         x: prepared.train.x,
         labels: prepared.train.labels,
         batch: 64,
         steps: args.digits_steps,
     };
-    println!(
-        "{:<48} {:>14} {:>14} {:>7}",
-        "job", "reproducible", "stock candle", "ratio"
-    );
+    let peak = bench::mul_add_peak_gflops();
+    let mut rows = Vec::new();
     for job in [&mnist, &digits_job] {
-        if args.reproducible_only {
-            println!(
-                "{:<48} {:>9.1} st/s",
-                job.name,
-                bench::time_reproducible(job)?
-            );
-            continue;
+        for mut row in bench::run(job, &threads, args.rounds, !args.reproducible_only)? {
+            row.pytorch = pytorch[job.key.as_str()][row.threads.to_string()].as_f64();
+            rows.push(row);
         }
-        let r = bench::run(job)?;
-        println!(
-            "{:<48} {:>9.1} st/s {:>9.1} st/s {:>6.2}x",
-            r.name,
-            r.reproducible,
-            r.stock,
-            r.ratio()
-        );
     }
+    println!(
+        "{}",
+        bench::table(&rows, peak, args.pytorch_note.as_deref())
+    );
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 //! a worker commits to carries these buffers, so their bits are consensus.
 
 use std::cell::RefCell;
+use std::sync::{Mutex, PoisonError};
 
 use candle_core::backend::BackendStorage;
 use candle_core::backprop::GradStore;
@@ -119,10 +120,50 @@ impl InplaceOp1 for FusedStep<'_> {
         let (first, second) = (&mut **first, &mut **second);
         let update = self.update;
         // Each element's update is independent of the others and made of
-        // correctly rounded operations, so any vector width gives its bits.
-        crate::kernels::with_wide_vectors(|| apply(update, params, grads, first, second));
+        // correctly rounded operations, so any vector width, and any cut of
+        // the elements into ranges run on different threads, gives its bits.
+        let parts = crate::pool::parts_for(params.len(), ELEMENT_COST);
+        apply_in_parts(update, params, grads, first, second, parts);
         Ok(())
     }
+}
+
+/// One thread's share of an update: parameters, gradients, first and
+/// second state (empty for SGD), the same index range of each.
+type Range<'a> = (&'a mut [f32], &'a [f32], &'a mut [f32], &'a mut [f32]);
+
+/// Operations per element of an update, for sizing the threads' shares.
+const ELEMENT_COST: usize = 8;
+
+/// Elements per 512-bit vector: shares are cut on multiples of it so that
+/// no vector loop is left with a ragged middle.
+const VECTOR_LANES: usize = 16;
+
+/// [`apply`] over `parts` contiguous ranges of the elements, run on the
+/// engine's pool, each compiled for the widest vectors the CPU has.
+fn apply_in_parts(
+    update: Update,
+    params: &mut [f32],
+    grads: &[f32],
+    first: &mut [f32],
+    second: &mut [f32],
+    parts: usize,
+) {
+    let per_part = crate::pool::chunk_len(params.len(), VECTOR_LANES, parts);
+    let mut seconds = second.chunks_mut(per_part);
+    let ranges: Vec<Mutex<Range<'_>>> = params
+        .chunks_mut(per_part)
+        .zip(grads.chunks(per_part))
+        .zip(first.chunks_mut(per_part))
+        .map(|((p, g), f)| Mutex::new((p, g, f, seconds.next().unwrap_or_default())))
+        .collect();
+    crate::pool::run_parts(ranges.len(), |part| {
+        if let Some(range) = ranges.get(part) {
+            let mut range = range.lock().unwrap_or_else(PoisonError::into_inner);
+            let (params, grads, first, second) = &mut *range;
+            crate::kernels::with_wide_vectors(|| apply(update, params, grads, first, second));
+        }
+    });
 }
 
 /// The update of every element, in place.
@@ -387,6 +428,7 @@ mod tests {
             }
         };
         let grads: Vec<f32> = (0..n).map(|i| value(i, 1e-3)).collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         let update = Update::Adam {
             beta1: 0.9,
             one_minus_beta1: 0.1,
@@ -405,6 +447,33 @@ mod tests {
                     .collect::<Vec<f32>>(),
             )
         };
+        for parts in [2, 3, 7, 16] {
+            let (mut p1, mut m1, mut v1) = start();
+            let (mut p2, mut m2, mut v2) = start();
+            for update in [
+                update,
+                Update::Sgd {
+                    lr: 0.01,
+                    momentum: 0.9,
+                },
+            ] {
+                apply(update, &mut p1, &grads, &mut m1, &mut v1);
+                apply_in_parts(update, &mut p2, &grads, &mut m2, &mut v2, parts);
+            }
+            assert_eq!(bits(&p1), bits(&p2), "{parts} parts");
+            assert_eq!(bits(&m1), bits(&m2), "{parts} parts");
+            assert_eq!(bits(&v1), bits(&v2), "{parts} parts");
+        }
+        // SGD has no second state: its ranges get none.
+        let (mut p1, mut m1, _) = start();
+        let (mut p2, mut m2, _) = start();
+        let sgd = Update::Sgd {
+            lr: 0.01,
+            momentum: 0.9,
+        };
+        apply(sgd, &mut p1, &grads, &mut m1, &mut []);
+        apply_in_parts(sgd, &mut p2, &grads, &mut m2, &mut [], 3);
+        assert_eq!((bits(&p1), bits(&m1)), (bits(&p2), bits(&m2)));
         let (mut p1, mut m1, mut v1) = start();
         let (mut p2, mut m2, mut v2) = start();
         for update in [
@@ -417,7 +486,6 @@ mod tests {
             apply(update, &mut p1, &grads, &mut m1, &mut v1);
             crate::kernels::with_wide_vectors(|| apply(update, &mut p2, &grads, &mut m2, &mut v2));
         }
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         assert_eq!(bits(&p1), bits(&p2));
         assert_eq!(bits(&m1), bits(&m2));
         assert_eq!(bits(&v1), bits(&v2));
