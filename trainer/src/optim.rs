@@ -10,6 +10,15 @@
 //! from the platform or reorder the per-element formula: the training state
 //! a worker commits to carries these buffers, so their bits are consensus.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::as_conversions
+)]
+
 use std::cell::RefCell;
 use std::sync::{Mutex, PoisonError};
 
@@ -132,8 +141,9 @@ impl InplaceOp1 for FusedStep<'_> {
 /// second state (empty for SGD), the same index range of each.
 type Range<'a> = (&'a mut [f32], &'a [f32], &'a mut [f32], &'a mut [f32]);
 
-/// Operations per element of an update, for sizing the threads' shares.
-const ELEMENT_COST: usize = 8;
+/// Cost of one element's update in multiply-adds, for sizing the threads'
+/// shares: Adam's square root and two divisions cost several each.
+const ELEMENT_COST: usize = 16;
 
 /// Elements per 512-bit vector: shares are cut on multiples of it so that
 /// no vector loop is left with a ragged middle.
@@ -349,6 +359,7 @@ impl OptimizerState {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::as_conversions)]
 mod tests {
     use super::*;
     use candle_core::Device;

@@ -90,11 +90,15 @@ pub fn parts_for(units: usize, unit_cost: usize) -> usize {
 }
 
 /// The smallest share of an operation worth a thread, in multiply-adds (or
-/// element updates for element-wise work): handing a part to a sleeping
-/// worker and waiting for it costs some tens of microseconds, about what
-/// one thread does in this many operations. Measured with `bench`: the
-/// digits job's products (64 rows of 64 to 128 columns) fall below it.
-pub const MIN_PART_COST: usize = 1 << 18;
+/// weighted element updates for element-wise work), about 20 µs of one
+/// core's work: handing a part to a sleeping worker and waiting for it
+/// costs some microseconds on an idle machine and far more on a busy one,
+/// where a woken worker may wait for a core. Measured with `bench`: the
+/// digits job's products (64 rows, at most 128 × 128, about 1M
+/// multiply-adds) ran slower on two threads than on one, so they stay
+/// below it and run on the calling thread; the 784-256-256-10 job's
+/// products (4M to 26M) are split.
+pub const MIN_PART_COST: usize = 1 << 21;
 
 /// Runs `work(part)` for every part in `0..parts`, spread over the pool,
 /// and returns when all are done. Part 0 runs on the calling thread.
