@@ -7,7 +7,8 @@
 //! config file for `run --config` is TOML with the same keys as the flags
 //! (`data_dir`, `chain`, `listen`, `bootstrap`, `mine`, `miner_address`,
 //! `mining_threads`, `mine_interval_ms`, `log_format`, `audit_fraction`,
-//! `audit_key`, `http`, `no_http`, `http_token_file`); flags win over it.
+//! `audit_key`, `replay_threads`, `http`, `no_http`, `http_token_file`);
+//! flags win over it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -221,6 +222,11 @@ struct RunArgs {
     /// kept in the data dir).
     #[arg(long)]
     audit_key: Option<PathBuf>,
+    /// Threads of the training engine for audits and fraud-proof replays
+    /// [default: the cores available]. Replays give the same bits with any
+    /// count.
+    #[arg(long)]
+    replay_threads: Option<usize>,
     /// Address of the HTTP API (REST, events, /metrics, dashboard)
     /// [default: 127.0.0.1:9701].
     #[arg(long, value_name = "ADDR", conflicts_with = "no_http")]
@@ -250,6 +256,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     audit_fraction: Option<f64>,
     audit_key: Option<PathBuf>,
+    replay_threads: Option<usize>,
     http: Option<String>,
     no_http: Option<bool>,
     http_token_file: Option<PathBuf>,
@@ -528,6 +535,15 @@ fn node_config(args: RunArgs) -> anyhow::Result<(NodeConfig, LogFormat)> {
         None => keys::default_miner_key(&config.data_dir)?,
     };
     config.audit.key = Some(std::sync::Arc::new(audit_key));
+    // The engine's pool is process-wide; replays and audits run on it.
+    let replay_threads = args
+        .replay_threads
+        .or(file.replay_threads)
+        .unwrap_or_else(trainer::pool::available_threads);
+    if replay_threads == 0 || replay_threads > 1024 {
+        bail!("--replay-threads {replay_threads} is out of range, expected 1..=1024");
+    }
+    trainer::pool::set_threads(replay_threads);
     if args.no_http || file.no_http.unwrap_or(false) {
         config.http = None;
     } else if let Some(addr) = args.http {
