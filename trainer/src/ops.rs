@@ -10,6 +10,15 @@
 //! functions. They must never call back into a candle operator whose result
 //! depends on the machine (matmul, sum, exp, log, softmax).
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::as_conversions
+)]
+
 use std::borrow::Cow;
 
 use candle_core::backend::BackendStorage;
@@ -18,6 +27,22 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, St
 use crate::kernels::{self, MatRef};
 
 type CandleResult<T> = candle_core::Result<T>;
+
+/// A class label as an index into a row of logits (a `u32` always fits a
+/// usize on the 64-bit targets the engine runs on; were it not to, the
+/// label would match no column).
+pub(crate) fn label_index(label: u32) -> usize {
+    usize::try_from(label).unwrap_or(usize::MAX)
+}
+
+/// A count (rows, elements) as the f32 a mean divides by: rounded to
+/// nearest, as Rust's `as` defines it, which is the conversion every digest
+/// so far was computed with (exact below 2^24).
+pub(crate) fn count_f32(count: usize) -> f32 {
+    #[allow(clippy::as_conversions)]
+    let value = count as f32;
+    value
+}
 
 fn error(message: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(message.to_string())
@@ -72,15 +97,22 @@ fn elements<'a>(
     let mut index = vec![0usize; dims.len()];
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let at =
-            layout.start_offset() + index.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
+        // Saturating: an offset past usize is past the storage and fails
+        // the `get` below like any other out-of-range index.
+        let at = index
+            .iter()
+            .zip(strides)
+            .fold(layout.start_offset(), |at, (i, s)| {
+                at.saturating_add(i.saturating_mul(*s))
+            });
         out.push(
             data.get(at)
                 .copied()
                 .ok_or_else(|| error(format!("{op}: index {at} out of range")))?,
         );
         for (i, d) in index.iter_mut().zip(dims).rev() {
-            *i += 1;
+            // `i` stays below its dimension, itself a usize.
+            *i = i.saturating_add(1);
             if *i < *d {
                 break;
             }
@@ -230,11 +262,11 @@ pub(crate) fn cross_entropy_loss(logits: &[f32], cols: usize, labels: &[u32]) ->
             .zip(labels)
             .map(|(row, label)| {
                 let (max, _, log_sum) = row_softmax_parts(row);
-                let picked = row.get(*label as usize).copied().unwrap_or(0.0);
+                let picked = row.get(label_index(*label)).copied().unwrap_or(0.0);
                 log_sum - (picked - max)
             }),
     );
-    total / labels.len().max(1) as f32
+    total / count_f32(labels.len().max(1))
 }
 
 /// `scale · (softmax(z) − onehot(label))` per element into `out`: the
@@ -252,7 +284,7 @@ pub(crate) fn cross_entropy_grad(
         let (max, sum_exp, _) = row_softmax_parts(row);
         for (j, v) in row.iter().enumerate() {
             let p = libm::expf(*v - max) / sum_exp;
-            let d = if j == *label as usize { p - 1.0 } else { p };
+            let d = if j == label_index(*label) { p - 1.0 } else { p };
             out.push(d * scale);
         }
     }
@@ -276,21 +308,21 @@ pub(crate) fn cross_entropy_loss_and_grad(
         out.extend(row.iter().map(|z| libm::expf(*z - max)));
         let exps = out.get(start..).unwrap_or_default();
         let sum_exp = kernels::sum(exps.iter().copied());
-        let picked = row.get(*label as usize).copied().unwrap_or(0.0);
+        let picked = row.get(label_index(*label)).copied().unwrap_or(0.0);
         terms.push(libm::logf(sum_exp) - (picked - max));
         for (j, e) in out.iter_mut().skip(start).enumerate() {
             let p = *e / sum_exp;
-            let d = if j == *label as usize { p - 1.0 } else { p };
+            let d = if j == label_index(*label) { p - 1.0 } else { p };
             *e = d * scale;
         }
     }
-    kernels::sum(terms) / labels.len().max(1) as f32
+    kernels::sum(terms) / count_f32(labels.len().max(1))
 }
 
 /// Mean squared error of predictions against targets of the same length.
 pub(crate) fn mse_loss(pred: &[f32], target: &[f32]) -> f32 {
     let total = kernels::sum(pred.iter().zip(target).map(|(p, t)| (p - t) * (p - t)));
-    total / pred.len().max(1) as f32
+    total / count_f32(pred.len().max(1))
 }
 
 /// `(p − t) · scale` per element into `out`: the gradient of [`mse_loss`]
@@ -327,7 +359,7 @@ impl CrossEntropy {
                 logits.rows()
             )));
         }
-        if let Some(bad) = labels.iter().find(|l| **l as usize >= logits.cols()) {
+        if let Some(bad) = labels.iter().find(|l| label_index(**l) >= logits.cols()) {
             return Err(error(format!(
                 "cross-entropy: label {bad}, expected below {}",
                 logits.cols()
@@ -363,7 +395,7 @@ impl CustomOp2 for CrossEntropy {
         _res: &Tensor,
         grad: &Tensor,
     ) -> CandleResult<(Option<Tensor>, Option<Tensor>)> {
-        let scale = scalar(grad)? / logits.dims().first().copied().unwrap_or(1).max(1) as f32;
+        let scale = scalar(grad)? / count_f32(logits.dims().first().copied().unwrap_or(1).max(1));
         let gz = with_storage(logits, |s1, l1| {
             let m = matrix(s1, l1, "logits")?;
             with_storage(labels_t, |s2, l2| {
@@ -417,7 +449,7 @@ impl CustomOp2 for MeanSquaredError {
         _res: &Tensor,
         grad: &Tensor,
     ) -> CandleResult<(Option<Tensor>, Option<Tensor>)> {
-        let scale = 2.0 * scalar(grad)? / pred.elem_count().max(1) as f32;
+        let scale = 2.0 * scalar(grad)? / count_f32(pred.elem_count().max(1));
         let gp = with_storage(pred, |s1, l1| {
             let p = elements(s1, l1, "predictions")?;
             with_storage(target, |s2, l2| {
@@ -489,6 +521,7 @@ impl CustomOp1 for WeightPenalty {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::as_conversions)]
 mod tests {
     //! Each backward pass against central finite differences of its forward
     //! pass, through candle's autograd.

@@ -6,6 +6,15 @@
 //! read OS entropy, a clock or any global state, and never change its output
 //! for a given seed: that would change every digest on chain.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::as_conversions
+)]
+
 use sha2::{Digest as _, Sha256};
 
 /// SplitMix64 (Steele, Lea and Flood, 2014): one 64-bit state, a Weyl step and
@@ -56,27 +65,34 @@ impl SplitMix64 {
     /// A number in `0..n` (0 when `n` is 0), by the multiply-shift map; its
     /// tiny bias does not matter here, only that it is the same everywhere.
     pub fn below(&mut self, n: usize) -> usize {
-        let wide = u128::from(self.next_u64()) * (n as u128);
-        (wide >> 64) as usize
+        // A 64 × 64-bit product cannot wrap a u128, and its high half is
+        // below `n`, so it fits a usize: neither fallback is ever taken.
+        let wide = u128::from(self.next_u64()).wrapping_mul(u128::try_from(n).unwrap_or(u128::MAX));
+        usize::try_from(wide >> 64).unwrap_or(usize::MAX)
     }
 
     /// A float in `[0, 1)` with 24 random bits: exactly representable, so no
     /// rounding mode is involved.
     pub fn unit_f32(&mut self) -> f32 {
-        let bits = (self.next_u64() >> 40) as u32;
-        bits as f32 * (1.0 / 16_777_216.0)
+        let bits = u32::try_from(self.next_u64() >> 40).unwrap_or(0);
+        // A 24-bit integer converts to f32 exactly.
+        #[allow(clippy::as_conversions)]
+        let value = bits as f32;
+        value * (1.0 / 16_777_216.0)
     }
 
     /// Fisher–Yates shuffle, from the last element down.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
+            // `i` is below the slice length, so `i + 1` cannot overflow.
+            let j = self.below(i.saturating_add(1));
             items.swap(i, j);
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::as_conversions)]
 mod tests {
     use super::*;
 

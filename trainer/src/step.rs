@@ -11,6 +11,15 @@
 //! module must never compute a value by a different formula or order than
 //! the ops define: the ops are the specification, this is the fast path.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::as_conversions
+)]
+
 use candle_core::{CpuStorage, Storage, Tensor};
 
 use crate::kernels::{self, MatRef};
@@ -90,7 +99,7 @@ impl StepWorkspace {
         if count == 0 {
             return Err(engine_error("the network has no layers"));
         }
-        let mut tensors = Vec::with_capacity(2 * count);
+        let mut tensors = Vec::with_capacity(count.saturating_mul(2));
         for layer in layers {
             tensors.push(layer.weight.as_tensor());
             tensors.push(layer.bias.as_tensor());
@@ -107,9 +116,9 @@ impl StepWorkspace {
                 }
             }
         }
-        if x.len() != rows * mlp.inputs() {
+        if Some(x.len()) != rows.checked_mul(mlp.inputs()) {
             return Err(ModelError::InputWidth {
-                got: x.len() / rows.max(1),
+                got: x.len().checked_div(rows).unwrap_or(0),
                 expected: mlp.inputs(),
             });
         }
@@ -119,7 +128,10 @@ impl StepWorkspace {
         with_values(&tensors, |values| {
             let (weights, biases): (Vec<&[f32]>, Vec<&[f32]>) = values
                 .chunks_exact(2)
-                .map(|pair| (pair[0], pair[1]))
+                .filter_map(|pair| match pair {
+                    [w, b] => Some((*w, *b)),
+                    _ => None,
+                })
                 .unzip();
             self.forward(x, rows, &widths, &weights, &biases)?;
             let loss = self.loss_gradient(rows, &widths, targets)?;
@@ -138,9 +150,16 @@ impl StepWorkspace {
         weights: &[&[f32]],
         biases: &[&[f32]],
     ) -> Result<(), ModelError> {
-        let last = weights.len() - 1;
-        for (i, (w, b)) in weights.iter().zip(biases).enumerate() {
-            let (fan_in, fan_out) = (widths[i], widths[i + 1]);
+        let last = weights.len().saturating_sub(1);
+        for (i, ((w, b), pair)) in weights
+            .iter()
+            .zip(biases)
+            .zip(widths.windows(2))
+            .enumerate()
+        {
+            let &[fan_in, fan_out] = pair else {
+                return Err(engine_error("layer widths out of step"));
+            };
             let (below, here) = self.outputs.split_at_mut(i);
             let input = match below.last() {
                 Some(prev) => prev.as_slice(),
@@ -186,12 +205,12 @@ impl StepWorkspace {
                         labels.len()
                     )));
                 }
-                if let Some(bad) = labels.iter().find(|l| **l as usize >= outputs) {
+                if let Some(bad) = labels.iter().find(|l| ops::label_index(**l) >= outputs) {
                     return Err(engine_error(format!(
                         "cross-entropy: label {bad}, expected below {outputs}"
                     )));
                 }
-                let scale = 1.0f32 / rows.max(1) as f32;
+                let scale = 1.0f32 / ops::count_f32(rows.max(1));
                 Ok(ops::cross_entropy_loss_and_grad(
                     logits,
                     outputs,
@@ -209,7 +228,7 @@ impl StepWorkspace {
                     )));
                 }
                 let loss = ops::mse_loss(logits, values);
-                let scale = 2.0 * 1.0f32 / logits.len().max(1) as f32;
+                let scale = 2.0 * 1.0f32 / ops::count_f32(logits.len().max(1));
                 ops::mse_grad(logits, values, scale, &mut self.delta);
                 Ok(loss)
             }
@@ -227,14 +246,20 @@ impl StepWorkspace {
         weights: &[&[f32]],
         penalty: Option<WeightPenalty>,
     ) -> Result<(), ModelError> {
-        for i in (0..weights.len()).rev() {
-            let (fan_in, fan_out) = (widths[i], widths[i + 1]);
+        for (i, (pair, weight)) in widths.windows(2).zip(weights).enumerate().rev() {
+            let &[fan_in, fan_out] = pair else {
+                return Err(engine_error("layer widths out of step"));
+            };
             let input = match i.checked_sub(1).and_then(|j| self.outputs.get(j)) {
                 Some(prev) => prev.as_slice(),
                 None => x,
             };
             let delta = MatRef::row_major(&self.delta, rows, fan_out).map_err(engine_error)?;
-            let grad_w = &mut self.weight_grads[i];
+            let (Some(grad_w), Some(grad_b)) =
+                (self.weight_grads.get_mut(i), self.bias_grads.get_mut(i))
+            else {
+                return Err(engine_error("gradient buffers out of step"));
+            };
             kernels::matmul_into(
                 MatRef::row_major(input, rows, fan_in)
                     .map_err(engine_error)?
@@ -248,15 +273,15 @@ impl StepWorkspace {
                 // zero tensor; `0 + a` only turns -0 into +0, and a matrix
                 // product never yields -0, so adding directly is the same.
                 let twice_l2 = 2.0 * op.l2;
-                for (g, w) in grad_w.iter_mut().zip(weights[i].iter()) {
+                for (g, w) in grad_w.iter_mut().zip(weight.iter()) {
                     *g += op.gradient(*w, twice_l2, 1.0);
                 }
             }
-            kernels::column_sums_into(&self.delta, fan_out, &mut self.bias_grads[i]);
+            kernels::column_sums_into(&self.delta, fan_out, grad_b);
             if i > 0 {
                 kernels::matmul_into(
                     delta,
-                    MatRef::row_major(weights[i], fan_in, fan_out)
+                    MatRef::row_major(weight, fan_in, fan_out)
                         .map_err(engine_error)?
                         .t(),
                     &mut self.delta_below,
@@ -297,6 +322,7 @@ impl StepWorkspace {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::as_conversions)]
 mod tests {
     use super::*;
     use crate::ops::{CrossEntropy, MeanSquaredError};
