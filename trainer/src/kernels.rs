@@ -14,6 +14,15 @@
 //! kernel (gemm, BLAS) whose accumulation order depends on the CPU, and must
 //! never split one element's sum across threads.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::as_conversions
+)]
+
 use std::borrow::Cow;
 use std::cell::RefCell;
 
@@ -75,10 +84,10 @@ impl<'a> MatRef<'a> {
         let last = if rows == 0 || cols == 0 {
             Some(offset)
         } else {
-            (rows - 1)
+            rows.saturating_sub(1)
                 .checked_mul(row_stride)
                 .and_then(|r| {
-                    (cols - 1)
+                    cols.saturating_sub(1)
                         .checked_mul(col_stride)
                         .and_then(|c| r.checked_add(c))
                 })
@@ -124,7 +133,10 @@ impl<'a> MatRef<'a> {
     /// Rows `first..first + rows` of the view (callers stay inside).
     fn row_band(self, first: usize, rows: usize) -> Self {
         Self {
-            offset: self.offset + first * self.row_stride,
+            // Inside a view checked by `new`: cannot overflow.
+            offset: self
+                .offset
+                .saturating_add(first.saturating_mul(self.row_stride)),
             rows,
             ..self
         }
@@ -144,16 +156,23 @@ impl<'a> MatRef<'a> {
     /// Element `(i, j)`; 0 outside the view (callers stay inside).
     fn at(&self, i: usize, j: usize) -> f32 {
         self.data
-            .get(self.offset + i * self.row_stride + j * self.col_stride)
+            // Saturating: an index past usize is past the data, and `get`
+            // answers None for it like for any index outside.
+            .get(
+                self.offset
+                    .saturating_add(i.saturating_mul(self.row_stride))
+                    .saturating_add(j.saturating_mul(self.col_stride)),
+            )
             .copied()
             .unwrap_or(0.0)
     }
 
     /// The elements in row-major order, borrowed when already laid out so.
     pub fn to_row_major(&self) -> Cow<'a, [f32]> {
-        let len = self.rows * self.cols;
+        // At most the checked view's extent.
+        let len = self.rows.saturating_mul(self.cols);
         if self.col_stride == 1 && (self.row_stride == self.cols || self.rows <= 1) {
-            if let Some(slice) = self.data.get(self.offset..self.offset + len) {
+            if let Some(slice) = self.data.get(self.offset..self.offset.saturating_add(len)) {
                 return Cow::Borrowed(slice);
             }
         }
@@ -185,7 +204,12 @@ pub fn matmul_into(a: MatRef<'_>, b: MatRef<'_>, out: &mut Vec<f32>) -> Result<(
             expected: a.cols,
         });
     }
-    out.resize(a.rows * b.cols, 0.0);
+    let len = a.rows.checked_mul(b.cols).ok_or(KernelError::Shape {
+        what: "output rows of a matrix product (rows × columns overflows)",
+        got: a.rows,
+        expected: usize::MAX.checked_div(b.cols).unwrap_or(usize::MAX),
+    })?;
+    out.resize(len, 0.0);
     if !out.is_empty() {
         dispatch(a, b, out);
     }
@@ -226,7 +250,7 @@ impl TilePath {
         let best = Self::detect();
         [Self::Avx512, Self::Avx, Self::Baseline]
             .into_iter()
-            .filter(|p| *p as u8 >= best as u8)
+            .skip_while(|p| *p != best)
             .collect()
     }
 
@@ -292,8 +316,10 @@ fn matmul_in_bands(path: TilePath, a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]
         path.panel_rows().saturating_mul(n),
         parts,
         |offset, band| {
-            let rows = band.len() / n;
-            matmul_on(path, a.row_band(offset / n, rows), b, band);
+            // `n` is not 0 here.
+            let rows = band.len().checked_div(n).unwrap_or(0);
+            let first = offset.checked_div(n).unwrap_or(0);
+            matmul_on(path, a.row_band(first, rows), b, band);
         },
     );
 }
@@ -355,12 +381,19 @@ pub fn mul_add_peak(path: TilePath, iterations: usize) -> (usize, f32) {
             }
         }
     }
-    (iterations * 8 * 4 * 2, sum(acc.into_iter().flatten()))
+    (
+        iterations.saturating_mul(64),
+        sum(acc.into_iter().flatten()),
+    )
 }
 
 /// One `MR × NR` tile in plain arrays: `acc[r][c] += a[r] * b[c]` for every
 /// step in order. The reference for the vector tiles, which must perform
 /// exactly these operations.
+// `r < MR` and `c < NR` index arrays of exactly `MR` and `NR`: the
+// indexing cannot panic, and bounds-checked iterators here would hide the
+// formula the vector tiles are tested against.
+#[allow(clippy::indexing_slicing)]
 #[inline(always)]
 fn tile_portable<const MR: usize, const NR: usize>(
     a_steps: &[[f32; MR]],
@@ -469,7 +502,8 @@ mod simd {
             total = _mm512_add_ps(total, a);
         }
         store_512(&mut out, total);
-        (iterations * 16 * 16 * 2, out[0])
+        let [first, ..] = out;
+        (iterations.saturating_mul(16 * 16 * 2), first)
     }
 
     /// [`peak_512`] in ymm registers (12 chains).
@@ -488,7 +522,8 @@ mod simd {
             total = _mm256_add_ps(total, a);
         }
         store_256(&mut out, total);
-        (iterations * 12 * 8 * 2, out[0])
+        let [first, ..] = out;
+        (iterations.saturating_mul(12 * 8 * 2), first)
     }
 
     #[target_feature(enable = "avx512f")]
@@ -616,6 +651,13 @@ thread_local! {
 /// Copies `a` into panels of `MR` rows laid out `[panel][p][r]`, so that the
 /// `MR` values one step of the tile loop needs are adjacent. Rows past the
 /// end are zero.
+// Index arithmetic inside a view that `MatRef::new` checked with checked
+// arithmetic (offset + (rows - 1)·row_stride + (cols - 1)·col_stride fits
+// the data), or inside buffers sized here from the same dimensions: no sum
+// or product below can overflow, and every access goes through `get`, so a
+// mistake would drop a value, never read out of bounds. Checked arithmetic
+// in these loops would cost the kernels a branch per element.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 #[inline(always)]
 fn pack_rows<const MR: usize>(a: &MatRef<'_>, packed: &mut Vec<f32>) {
     let (m, k) = (a.rows, a.cols);
@@ -704,6 +746,13 @@ fn pack_rows<const MR: usize>(a: &MatRef<'_>, packed: &mut Vec<f32>) {
 /// Copies columns `j0..j0 + width` of `b` into `[p][c]` rows of `NR`
 /// (columns past `width` keep whatever they held: their results are
 /// discarded).
+// Index arithmetic inside a view that `MatRef::new` checked with checked
+// arithmetic (offset + (rows - 1)·row_stride + (cols - 1)·col_stride fits
+// the data), or inside buffers sized here from the same dimensions: no sum
+// or product below can overflow, and every access goes through `get`, so a
+// mistake would drop a value, never read out of bounds. Checked arithmetic
+// in these loops would cost the kernels a branch per element.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 #[inline(always)]
 fn pack_columns<const NR: usize>(b: &MatRef<'_>, j0: usize, width: usize, packed: &mut [f32]) {
     if b.col_stride == 1 && width == NR {
@@ -763,6 +812,13 @@ fn pack_columns<const NR: usize>(b: &MatRef<'_>, j0: usize, width: usize, packed
 /// unbroken left-to-right chain. Edges are handled by padding the packed
 /// panels and discarding the padded results: padding never enters a kept
 /// element's chain.
+// Index arithmetic inside a view that `MatRef::new` checked with checked
+// arithmetic (offset + (rows - 1)·row_stride + (cols - 1)·col_stride fits
+// the data), or inside buffers sized here from the same dimensions: no sum
+// or product below can overflow, and every access goes through `get`, so a
+// mistake would drop a value, never read out of bounds. Checked arithmetic
+// in these loops would cost the kernels a branch per element.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 #[inline(always)]
 fn matmul_tiles<const MR: usize, const NR: usize>(
     a: MatRef<'_>,
@@ -844,6 +900,7 @@ pub fn sum(values: impl IntoIterator<Item = f32>) -> f32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::as_conversions)]
 mod tests {
     use super::*;
     use crate::rng::SplitMix64;

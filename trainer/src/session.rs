@@ -40,6 +40,15 @@
 //! position` once training has begun. The state's digest is SHA-256 of these
 //! bytes, computed by streaming them into the hash.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::as_conversions
+)]
+
 use std::fmt;
 use std::ops::Range;
 
@@ -125,24 +134,49 @@ impl Sink for Sha256 {
 /// enough to live on the stack.
 const CHUNK: usize = 1024;
 
+/// A u32 from the spec or the state bytes as a length or index (lossless on
+/// the 64-bit targets the engine runs on).
+fn as_index(value: u32) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
+}
+
+/// A length as the u64 the encoding counts in (lossless on 64-bit targets).
+fn wide_count(len: usize) -> u64 {
+    u64::try_from(len).unwrap_or(u64::MAX)
+}
+
+/// A row, position or count as the u32 the encoding holds. Rows and
+/// positions are below the dataset's u32 row count, so this never
+/// saturates; were it to, the count would disagree with what follows and
+/// the state would be refused on reading, never silently truncated.
+fn narrow_count(value: usize) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
 fn put_f32s(out: &mut impl Sink, values: &[f32]) {
     let mut buffer = [0u8; 4 * CHUNK];
     for chunk in values.chunks(CHUNK) {
         for (dst, v) in buffer.chunks_exact_mut(4).zip(chunk) {
             dst.copy_from_slice(&v.to_le_bytes());
         }
-        out.put(buffer.get(..4 * chunk.len()).unwrap_or_default());
+        out.put(
+            buffer
+                .get(..chunk.len().saturating_mul(4))
+                .unwrap_or_default(),
+        );
     }
 }
 
 fn put_u32s(out: &mut impl Sink, values: impl ExactSizeIterator<Item = u32>) {
     let mut buffer = [0u8; 4 * CHUNK];
-    let mut filled = 0;
+    let mut filled = 0usize;
     for v in values {
-        if let Some(dst) = buffer.get_mut(filled..filled + 4) {
+        // `filled` stays at most the buffer's length: it is reset on
+        // reaching it.
+        if let Some(dst) = buffer.get_mut(filled..filled.saturating_add(4)) {
             dst.copy_from_slice(&v.to_le_bytes());
         }
-        filled += 4;
+        filled = filled.saturating_add(4);
         if filled == buffer.len() {
             out.put(&buffer);
             filled = 0;
@@ -153,7 +187,7 @@ fn put_u32s(out: &mut impl Sink, values: impl ExactSizeIterator<Item = u32>) {
 
 /// A counted f32 array: u64 count, then the values.
 fn put_tensor(out: &mut impl Sink, values: &[f32]) {
-    out.put(&(values.len() as u64).to_le_bytes());
+    out.put(&wide_count(values.len()).to_le_bytes());
     put_f32s(out, values);
 }
 
@@ -175,7 +209,8 @@ impl<'a> Reader<'a> {
                 at: self.at,
                 needed: len,
             })?;
-        self.at += len;
+        // `at + len` was just checked to be within the bytes.
+        self.at = self.at.saturating_add(len);
         Ok(slice)
     }
 
@@ -265,14 +300,15 @@ impl Setup {
             scaling,
         } = prepare(dataset, &spec.split, spec.base_seed)?;
         let widths: Vec<usize> = std::iter::once(features)
-            .chain(spec.model.hidden.iter().map(|w| *w as usize))
-            .chain(std::iter::once(spec.outputs() as usize))
+            .chain(spec.model.hidden.iter().map(|w| as_index(*w)))
+            .chain(std::iter::once(as_index(spec.outputs())))
             .collect();
-        let batches = train.rows.div_ceil((spec.batch_size as usize).max(1));
+        let batches = train.rows.div_ceil(as_index(spec.batch_size).max(1));
         // Training rows come from a u32 row count, so this always fits.
         let batches_per_epoch = u32::try_from(batches)
             .map_err(|_| spec_error("batches per epoch", batches, "below 2^32"))?;
-        let total_steps = u64::from(batches_per_epoch) * u64::from(spec.epochs);
+        // Two u32 factors: the product cannot wrap a u64.
+        let total_steps = u64::from(batches_per_epoch).wrapping_mul(u64::from(spec.epochs));
         if spec.segments == 0 || u64::from(spec.segments) > total_steps {
             return Err(spec_error(
                 "segments",
@@ -304,11 +340,16 @@ impl Setup {
             .into_iter()
             .map(|(layer, is_bias)| {
                 let fan_in = self.widths.get(layer).copied().unwrap_or(0);
-                let fan_out = self.widths.get(layer + 1).copied().unwrap_or(0);
+                let fan_out = self
+                    .widths
+                    .get(layer.saturating_add(1))
+                    .copied()
+                    .unwrap_or(0);
                 if is_bias {
                     fan_out
                 } else {
-                    fan_in * fan_out
+                    // The size of a tensor the model already holds.
+                    fan_in.saturating_mul(fan_out)
                 }
             })
             .collect()
@@ -482,7 +523,10 @@ impl Session {
             if position == 0 || position > per_epoch {
                 return Err(field("position", position, format!("1..={per_epoch}")).into());
             }
-            let expected = u64::from(epoch - 1) * u64::from(per_epoch) + u64::from(position);
+            // `epoch` is at least 1 here, and (u32 × u32) + u32 fits a u64.
+            let expected = u64::from(epoch.saturating_sub(1))
+                .wrapping_mul(u64::from(per_epoch))
+                .wrapping_add(u64::from(position));
             if step != expected {
                 return Err(field(
                     "step",
@@ -506,7 +550,7 @@ impl Session {
         for (at, chunk) in order_bytes.chunks_exact(4).enumerate() {
             let mut b = [0u8; 4];
             b.copy_from_slice(chunk);
-            let row = u32::from_le_bytes(b) as usize;
+            let row = as_index(u32::from_le_bytes(b));
             match seen.get_mut(row) {
                 Some(slot) if !*slot => *slot = true,
                 _ => {
@@ -533,13 +577,18 @@ impl Session {
         if count != position {
             return Err(field("loss count", count, position).into());
         }
-        let epoch_losses = r.f32s("losses", position as usize)?;
+        let epoch_losses = r.f32s("losses", as_index(position))?;
         if let Some((i, loss)) = epoch_losses
             .iter()
             .enumerate()
             .find(|(_, l)| !l.is_finite())
         {
-            return Err(field("losses", format!("{loss} at batch {}", i + 1), "finite").into());
+            return Err(field(
+                "losses",
+                format!("{loss} at batch {}", i.saturating_add(1)),
+                "finite",
+            )
+            .into());
         }
 
         let tag = r.u8("optimizer")?;
@@ -620,7 +669,7 @@ impl Session {
 
     /// Trainable parameters.
     pub fn params(&self) -> u64 {
-        self.mlp.parameter_count() as u64
+        wide_count(self.mlp.parameter_count())
     }
 
     /// The steps of segment `index` (`1..=spec.segments`).
@@ -642,9 +691,9 @@ impl Session {
         out.put(&self.position.to_le_bytes());
         out.put(&self.batch_rng.state().to_le_bytes());
         // Rows and positions are below the dataset's u32 row count.
-        out.put(&(self.order.len() as u32).to_le_bytes());
-        put_u32s(out, self.order.iter().map(|r| *r as u32));
-        out.put(&(self.epoch_losses.len() as u32).to_le_bytes());
+        out.put(&narrow_count(self.order.len()).to_le_bytes());
+        put_u32s(out, self.order.iter().map(|r| narrow_count(*r)));
+        out.put(&narrow_count(self.epoch_losses.len()).to_le_bytes());
         put_f32s(out, &self.epoch_losses);
         let named = self.mlp.named_params();
         let tag = match self.optimizer {
@@ -652,7 +701,7 @@ impl Session {
             OptimizerState::Adam { .. } => OPTIMIZER_ADAM,
         };
         out.put(&[tag]);
-        out.put(&(named.len() as u32).to_le_bytes());
+        out.put(&narrow_count(named.len()).to_le_bytes());
         for (_, var) in &named {
             with_values(var, |values| put_tensor(out, values))?;
         }
@@ -679,11 +728,17 @@ impl Session {
     pub fn state_bytes(&self) -> Result<Vec<u8>, TrainError> {
         let values = self.setup.param_sizes().iter().sum::<usize>();
         let buffers = match self.optimizer {
-            OptimizerState::Sgd { .. } => 2,
+            OptimizerState::Sgd { .. } => 2usize,
             OptimizerState::Adam { .. } => 3,
         };
         let mut out = Vec::with_capacity(
-            64 + 4 * (self.order.len() + self.epoch_losses.len() + buffers * values),
+            // Only a capacity hint: saturating is harmless.
+            buffers
+                .saturating_mul(values)
+                .saturating_add(self.order.len())
+                .saturating_add(self.epoch_losses.len())
+                .saturating_mul(4)
+                .saturating_add(64),
         );
         self.encode(&mut out)?;
         Ok(out)
@@ -744,17 +799,20 @@ impl Session {
         } = self;
         let features = setup.features;
         let train = &setup.train;
-        let batch = (spec.batch_size as usize).max(1);
+        let batch = as_index(spec.batch_size).max(1);
         let params: Vec<&Var> = mlp.named_params().into_iter().map(|(_, v)| v).collect();
-        let mut segment_losses = Vec::with_capacity((range.end - range.start) as usize);
+        let mut segment_losses =
+            Vec::with_capacity(usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(0));
         while *step < range.end {
             if *epoch == 0 || *position == setup.batches_per_epoch {
-                *epoch += 1;
+                // Epochs and steps are bounded by the spec's u32 epochs and
+                // its u64 step count, checked when the session was made.
+                *epoch = epoch.saturating_add(1);
                 batch_rng.shuffle(order);
                 *position = 0;
                 epoch_losses.clear();
             }
-            let start = (*position as usize).saturating_mul(batch);
+            let start = as_index(*position).saturating_mul(batch);
             let rows = order
                 .get(start..start.saturating_add(batch).min(order.len()))
                 .unwrap_or_default();
@@ -763,7 +821,10 @@ impl Session {
                 x_batch.extend_from_slice(
                     train
                         .x
-                        .get(r * features..(r + 1) * features)
+                        .get(
+                            r.saturating_mul(features)
+                                ..r.saturating_add(1).saturating_mul(features),
+                        )
                         .unwrap_or_default(),
                 );
             }
@@ -786,14 +847,14 @@ impl Session {
                 }
             };
             let loss = workspace.gradients(mlp, x_batch, rows.len(), targets, setup.penalty)?;
-            *step += 1;
+            *step = step.saturating_add(1);
             if !loss.is_finite() {
                 return Err(TrainError::Diverged { step: *step, loss });
             }
             optimizer.step_slices(&params, &workspace.named_grads(mlp))?;
             epoch_losses.push(loss);
             segment_losses.push(loss);
-            *position += 1;
+            *position = position.saturating_add(1);
             let last = *position == setup.batches_per_epoch;
             on_progress(&Progress {
                 epoch: *epoch,
@@ -838,7 +899,7 @@ impl Session {
 
 /// The mean of batch losses: a left-to-right f32 sum over the count.
 fn mean(losses: &[f32]) -> f32 {
-    crate::kernels::sum(losses.iter().copied()) / losses.len().max(1) as f32
+    crate::kernels::sum(losses.iter().copied()) / crate::ops::count_f32(losses.len().max(1))
 }
 
 /// The network from decoded parameter values in [`Mlp::named_params`] order.
@@ -859,7 +920,11 @@ fn rebuild_mlp(setup: &Setup, params: Vec<Vec<f32>>) -> Result<Mlp, TrainError> 
     let mut pairs = Vec::with_capacity(layers);
     for (layer, (w, b)) in weights.into_iter().zip(biases).enumerate() {
         let fan_in = setup.widths.get(layer).copied().unwrap_or(0);
-        let fan_out = setup.widths.get(layer + 1).copied().unwrap_or(0);
+        let fan_out = setup
+            .widths
+            .get(layer.saturating_add(1))
+            .copied()
+            .unwrap_or(0);
         let (Some(w), Some(b)) = (w, b) else {
             return Err(ModelError::Engine(format!("layer {layer} lost its parameters")).into());
         };
@@ -872,6 +937,7 @@ fn rebuild_mlp(setup: &Setup, params: Vec<Vec<f32>>) -> Result<Mlp, TrainError> 
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::as_conversions)]
 mod tests {
     use super::*;
     use crate::dataset::{parse_csv, DatasetLimits, TaskKind};
