@@ -24,6 +24,7 @@ mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use common::{addr, key};
@@ -98,9 +99,18 @@ fn largest_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
     (value, LARGEST.with(Cell::get))
 }
 
-/// What serde's sequence visitor preallocates at most for one container,
-/// whatever length is announced (`serde::__private::size_hint::cautious`).
-const SERDE_PREALLOCATION_CAP: usize = 1024 * 1024;
+/// The most memory one allocation of a decode may take per byte of its
+/// input: the codec caps a sequence's size hint at the input's length, so
+/// serde preallocates at most one element per input byte, and no element
+/// decoded here is larger than this in memory
+/// (`elements_fit_the_allocation_bound`); strings and byte buffers are
+/// allocated only once their bytes are known to be there.
+const MEMORY_PER_INPUT_BYTE: usize = 512;
+
+/// The largest single allocation decoding `input_len` bytes may make.
+fn allocation_bound(input_len: usize) -> usize {
+    MEMORY_PER_INPUT_BYTE * input_len.max(1)
+}
 
 // ---------------------------------------------------------------------------
 // The properties every decoder shares.
@@ -111,7 +121,9 @@ fn decode_checked<T>(bytes: &[u8], max: usize) -> Result<Option<T>, TestCaseErro
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
-    match codec::decode_with_limit::<T>(bytes, max) {
+    let result = codec::decode_with_limit::<T>(bytes, max);
+    agrees_with_bincode(bytes, max, &result)?;
+    match result {
         Ok(value) => {
             prop_assert!(bytes.len() <= max.min(MAX_DECODE_BYTES));
             let again = codec::encode(&value).unwrap();
@@ -144,6 +156,55 @@ where
             "decoding reported an encoding error: {message}"
         ))),
     }
+}
+
+/// bincode alone, configured as the codec configures it but decoding
+/// straight into `T`, without the codec's bounded wrapper: the value and
+/// the bytes it used, or `None` where bincode refuses.
+fn plain_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Option<(T, usize)> {
+    let config = bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_DECODE_BYTES>();
+    bincode::serde::decode_from_slice(bytes, config).ok()
+}
+
+/// The codec accepts exactly the byte strings plain bincode accepts, as the
+/// same values: bounding allocations changed no decode.
+fn agrees_with_bincode<T>(
+    bytes: &[u8],
+    max: usize,
+    result: &Result<T, CodecError>,
+) -> Result<(), TestCaseError>
+where
+    T: Serialize + DeserializeOwned + Debug,
+{
+    if bytes.len() > max.min(MAX_DECODE_BYTES) {
+        let too_large = matches!(result, Err(CodecError::TooLarge { .. }));
+        prop_assert!(too_large, "{:?}", result);
+        return Ok(());
+    }
+    match (plain_bincode::<T>(bytes), result) {
+        (Some((plain, used)), Ok(value)) => {
+            prop_assert_eq!(used, bytes.len());
+            // Compared as encodings, so that a NaN equals itself.
+            prop_assert_eq!(
+                codec::encode(&plain).unwrap(),
+                codec::encode(value).unwrap()
+            );
+        }
+        (Some((_, used)), Err(CodecError::TrailingBytes { consumed, .. })) => {
+            prop_assert_eq!(used, *consumed);
+        }
+        (None, Err(CodecError::Malformed(_))) => {}
+        (plain, codec) => prop_assert!(
+            false,
+            "bincode gave {:?}, the codec {:?}",
+            plain.map(|(_, used)| used),
+            codec
+        ),
+    }
+    Ok(())
 }
 
 /// Round trip, truncations and extensions of a valid value's encoding.
@@ -303,8 +364,8 @@ where
 
 /// Overwrites the eight bytes at `at` with `announced` and decodes under a
 /// limit of the input's own length: the decode fails, or succeeds only
-/// canonically, and never allocates more than serde's preallocation cap
-/// (nor anything near the announced length).
+/// canonically, and no allocation is larger than a bounded multiple of the
+/// input (nor anything near the announced length).
 fn check_announced<T>(bytes: &[u8], at: usize, announced: u64) -> Result<(), TestCaseError>
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
@@ -314,10 +375,10 @@ where
         *dst = src;
     }
     let max = hostile.len();
-    let (result, largest) = largest_allocation(|| decode_checked::<T>(&hostile, max));
-    result?;
+    let (_, largest) = largest_allocation(|| codec::decode_with_limit::<T>(&hostile, max));
+    decode_checked::<T>(&hostile, max)?;
     prop_assert!(
-        largest <= SERDE_PREALLOCATION_CAP,
+        largest <= allocation_bound(hostile.len()),
         "{} announced at byte {} of {}: an allocation of {} bytes",
         announced,
         at,
@@ -956,7 +1017,7 @@ fn every_kind_and_claim_round_trips_and_its_counts_are_where_the_layout_says() {
         matches!(result, Err(CodecError::Malformed(_))),
         "{result:?}"
     );
-    assert!(largest <= SERDE_PREALLOCATION_CAP, "{largest}");
+    assert!(largest <= allocation_bound(hostile.len()), "{largest}");
 }
 
 // ---------------------------------------------------------------------------
@@ -995,7 +1056,7 @@ proptest! {
             codec::decode_with_limit::<Block>(&hostile, hostile.len())
         });
         prop_assert!(matches!(result, Err(CodecError::Malformed(_))), "{:?}", result);
-        prop_assert!(largest <= SERDE_PREALLOCATION_CAP, "{} bytes", largest);
+        prop_assert!(largest <= allocation_bound(hostile.len()), "{} bytes", largest);
         check_announced::<Block>(&bytes, at.index(bytes.len() - 7), announced)?;
     }
 }
@@ -1095,7 +1156,7 @@ proptest! {
             codec::decode_with_limit::<BlobManifest>(&hostile, hostile.len())
         });
         prop_assert!(matches!(result, Err(CodecError::Malformed(_))), "{:?}", result);
-        prop_assert!(largest <= SERDE_PREALLOCATION_CAP, "{} bytes", largest);
+        prop_assert!(largest <= allocation_bound(hostile.len()), "{} bytes", largest);
     }
 
     #[test]
@@ -1153,5 +1214,159 @@ proptest! {
         decode_checked::<BlobChunk>(&bytes, limit)?;
         decode_checked::<BlobName>(&bytes, limit)?;
         decode_checked::<BlobKind>(&bytes, limit)?;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Every serde shape, against bincode alone.
+
+/// A value of every shape serde hands the codec, strings and maps included
+/// (no consensus type holds a string, but peer messages do).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Shapes {
+    text: String,
+    maybe: Option<String>,
+    texts: Vec<String>,
+    boxed: Box<str>,
+    map: BTreeMap<String, Vec<u16>>,
+    nested: Vec<Vec<u8>>,
+    choices: Vec<Choice>,
+    wide: (i128, u128, char, bool, f64),
+    unit: Unit,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Unit;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Choice {
+    Nothing,
+    Text(String),
+    Pair(u8, String),
+    Named {
+        list: Vec<u32>,
+        note: Option<String>,
+    },
+}
+
+fn arb_shapes() -> BoxedStrategy<Shapes> {
+    let choice = prop_oneof![
+        Just(Choice::Nothing),
+        ".{0,8}".prop_map(Choice::Text),
+        (any::<u8>(), ".{0,8}").prop_map(|(n, text)| Choice::Pair(n, text)),
+        (
+            prop::collection::vec(any::<u32>(), 0..4),
+            prop::option::of(".{0,8}")
+        )
+            .prop_map(|(list, note)| Choice::Named { list, note }),
+    ];
+    (
+        (".{0,12}", prop::option::of(".{0,8}")),
+        prop::collection::vec(".{0,6}", 0..4),
+        ".{0,6}",
+        prop::collection::btree_map(".{0,4}", prop::collection::vec(any::<u16>(), 0..4), 0..3),
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..6), 0..4),
+        prop::collection::vec(choice, 0..4),
+        (
+            any::<i128>(),
+            any::<u128>(),
+            any::<char>(),
+            any::<bool>(),
+            any::<f64>(),
+        ),
+    )
+        .prop_map(
+            |((text, maybe), texts, boxed, map, nested, choices, wide)| Shapes {
+                text,
+                maybe,
+                texts,
+                boxed: boxed.into_boxed_str(),
+                map,
+                nested,
+                choices,
+                wide,
+                unit: Unit,
+            },
+        )
+        .boxed()
+}
+
+/// Offsets of the eight-byte words in `bytes` small enough to be a length
+/// or a count: where a hostile length is worth announcing.
+fn length_words(bytes: &[u8]) -> Vec<usize> {
+    (0..bytes.len().saturating_sub(7))
+        .filter(|&at| {
+            let word = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+            word < 64
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    /// Valid, mutated and hostile encodings of every serde shape decode
+    /// through the codec exactly as through bincode alone (the same values
+    /// from the same bytes, refused where it refuses), and an announced
+    /// length anywhere costs no more than a bounded multiple of the input.
+    #[test]
+    fn every_serde_shape_decodes_as_bincode_alone_does(
+        shapes in arb_shapes(),
+        mutations in mutations(),
+        at in any::<Index>(),
+        announced in prop_oneof![Just(u64::MAX), (1u64 << 20)..(1 << 23), 1u64..(1 << 20)],
+        limit in prop_oneof![Just(MAX_DECODE_BYTES), 0usize..400],
+    ) {
+        let bytes = codec::encode(&shapes).unwrap();
+        let result = codec::decode::<Shapes>(&bytes);
+        prop_assert_eq!(result.as_ref(), Ok(&shapes));
+        agrees_with_bincode(&bytes, MAX_DECODE_BYTES, &result)?;
+        agrees_with_bincode(&bytes, limit, &codec::decode_with_limit::<Shapes>(&bytes, limit))?;
+        let mut mutated = bytes.clone();
+        mutate(&mut mutated, &mutations);
+        agrees_with_bincode(&mutated, MAX_DECODE_BYTES, &codec::decode::<Shapes>(&mutated))?;
+        let words = length_words(&bytes);
+        if !words.is_empty() {
+            let at = words[at.index(words.len())];
+            let mut hostile = bytes.clone();
+            hostile[at..at + 8].copy_from_slice(&announced.to_le_bytes());
+            let (result, largest) = largest_allocation(|| codec::decode::<Shapes>(&hostile));
+            prop_assert!(
+                largest <= allocation_bound(hostile.len()),
+                "{} announced at byte {} of {}: an allocation of {} bytes",
+                announced,
+                at,
+                hostile.len(),
+                largest
+            );
+            agrees_with_bincode(&hostile, MAX_DECODE_BYTES, &result)?;
+        }
+    }
+}
+
+/// Every element type a decoder here collects into a sequence fits the
+/// per-input-byte bound the allocation checks use.
+#[test]
+fn elements_fit_the_allocation_bound() {
+    use std::mem::size_of;
+    let sizes = [
+        ("Transaction", size_of::<Transaction>()),
+        ("SignedTx", size_of::<SignedTx>()),
+        ("Block", size_of::<Block>()),
+        ("Header", size_of::<Header>()),
+        ("SegmentLeaf", size_of::<SegmentLeaf>()),
+        ("OpenedLeaf", size_of::<OpenedLeaf>()),
+        ("FraudClaim", size_of::<FraudClaim>()),
+        ("Challenge", size_of::<Challenge>()),
+        ("JobRecord", size_of::<JobRecord>()),
+        ("Digest", size_of::<Digest>()),
+        ("Choice", size_of::<Choice>()),
+        ("String", size_of::<String>()),
+    ];
+    for (name, size) in sizes {
+        assert!(
+            size <= MEMORY_PER_INPUT_BYTE,
+            "{name} is {size} bytes in memory, expected at most {MEMORY_PER_INPUT_BYTE}"
+        );
     }
 }
