@@ -28,10 +28,11 @@ pub fn parse_csv(
 /// Parses CSV text from a reader, one row at a time: a header row, then rows
 /// of numeric cells separated by commas, the target in the last column.
 ///
-/// The text is UTF-8, with or without a BOM, lines end in LF or CRLF, and
-/// the last line break is optional. Any cell may be quoted (`"5.1"`, as
-/// spreadsheets and R write), and whitespace around a value, inside quotes
-/// or out, is dropped. Blank lines (empty or whitespace only) are skipped
+/// The text is UTF-8, with or without a BOM (a run of them at the start is
+/// dropped the same as one), lines end in LF or CRLF, and the last line
+/// break is optional. Any cell may be quoted (`"5.1"`, as spreadsheets and
+/// R write), and whitespace around a value, inside quotes or out, is
+/// dropped. Blank lines (empty or whitespace only) are skipped
 /// and are not rows, but count as lines: errors name the data row (from 1,
 /// the header not counted), the line in the file where it starts, and the
 /// column by number (from 1) and header name.
@@ -418,7 +419,7 @@ impl<R: Read> CsvRows<R> {
 
 /// The byte stream the CSV reader parses, keeping what that reader does not:
 /// the line where each row starts, and how long the row being read has
-/// grown. It drops a leading UTF-8 BOM and adds a line break at the end, so
+/// grown. It drops the UTF-8 BOMs that lead the input and adds a line break at the end, so
 /// that a last row without one still ends and a quote left open at the end
 /// of the file shows as a cell spanning lines. It never passes on more than
 /// `max_row_bytes` past the start of the row being read: the reader buffers
@@ -489,6 +490,36 @@ impl<R: Read> CsvText<R> {
         }
     }
 
+    /// Drops every UTF-8 BOM at the start of the input, however many and
+    /// however the reader cuts them, and keeps the first bytes that are not
+    /// one to pass on first.
+    ///
+    /// All of them, not only the first: the `csv` crate also strips a BOM,
+    /// but only one that starts its first buffer and arrives there whole.
+    /// Read in one piece, a file starting with two BOMs lost both (one
+    /// here, one there); handed over three bytes at a time, the crate's
+    /// first buffer was the second BOM alone, which it stripped and then
+    /// took the empty buffer for the end of the input. With the run dropped
+    /// here the crate never sees a leading BOM, so what a file reads as
+    /// does not depend on the size of the reads.
+    fn drop_leading_boms(&mut self) -> io::Result<()> {
+        loop {
+            let mut head = [0u8; 3];
+            let mut got = 0;
+            while let Some(rest) = head.get_mut(got..).filter(|rest| !rest.is_empty()) {
+                match self.read_inner(rest)? {
+                    0 => break,
+                    n => got = got.saturating_add(n),
+                }
+            }
+            let head = head.get(..got).unwrap_or_default();
+            if head != UTF8_BOM {
+                self.head.extend(head);
+                return Ok(());
+            }
+        }
+    }
+
     fn read_inner(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.inner.read(buf) {
@@ -506,18 +537,7 @@ impl<R: Read> Read for CsvText<R> {
         }
         if !self.started {
             self.started = true;
-            let mut head = [0u8; 3];
-            let mut got = 0;
-            while let Some(rest) = head.get_mut(got..).filter(|rest| !rest.is_empty()) {
-                match self.read_inner(rest)? {
-                    0 => break,
-                    n => got = got.saturating_add(n),
-                }
-            }
-            let head = head.get(..got).unwrap_or_default();
-            if head != UTF8_BOM {
-                self.head.extend(head);
-            }
+            self.drop_leading_boms()?;
         }
         if self.finished && self.head.is_empty() {
             return Ok(0);
