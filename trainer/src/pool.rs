@@ -24,6 +24,7 @@
     clippy::as_conversions
 )]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// A pool of `threads - 1` workers; the calling thread is the last one.
@@ -101,7 +102,11 @@ pub fn parts_for(units: usize, unit_cost: usize) -> usize {
 pub const MIN_PART_COST: usize = 1 << 21;
 
 /// Runs `work(part)` for every part in `0..parts`, spread over the pool,
-/// and returns when all are done. Part 0 runs on the calling thread.
+/// and returns when all are done. The calling thread and up to
+/// `parts - 1` workers each claim the next unclaimed part until none is
+/// left, so a worker that is slow to wake (a busy machine) costs only the
+/// parts it did not take: the caller goes on with them. Which thread runs
+/// a part never matters, since a part's work is fixed by its index.
 pub fn run_parts(parts: usize, work: impl Fn(usize) + Sync) {
     if parts <= 1 {
         if parts == 1 {
@@ -109,17 +114,26 @@ pub fn run_parts(parts: usize, work: impl Fn(usize) + Sync) {
         }
         return;
     }
-    let (_, workers) = current();
+    let (threads, workers) = current();
     let Some(workers) = workers else {
         (0..parts).for_each(&work);
         return;
     };
-    let work = &work;
-    workers.in_place_scope(|scope| {
-        for part in 1..parts {
-            scope.spawn(move |_| work(part));
+    let next = AtomicUsize::new(0);
+    let claim = || loop {
+        let part = next.fetch_add(1, Ordering::Relaxed);
+        if part >= parts {
+            break;
         }
-        work(0);
+        work(part);
+    };
+    let claim = &claim;
+    let helpers = threads.min(parts).saturating_sub(1);
+    workers.in_place_scope(|scope| {
+        for _ in 0..helpers {
+            scope.spawn(move |_| claim());
+        }
+        claim();
     });
 }
 
