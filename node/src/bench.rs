@@ -214,16 +214,19 @@ impl BlockFactory {
         let mut out = Vec::with_capacity(count);
         for _ in 0..count {
             let to = protocol::Address(rand::random());
-            let tx = protocol::TxBody {
+            let mut body = protocol::TxBody {
                 from: self.params.faucet,
                 nonce: self.nonce,
-                fee: protocol::Amount(1),
+                fee: protocol::Amount::ZERO,
                 kind: protocol::TxKind::Transfer {
                     to,
                     amount: protocol::Amount(1),
                 },
-            }
-            .sign(&self.key, self.params.chain_id)?;
+            };
+            body.fee = body
+                .min_fee_at(self.params.min_fee_rate)?
+                .ok_or_else(|| BenchError::Other("fee overflow".into()))?;
+            let tx = body.sign(&self.key, self.params.chain_id)?;
             self.nonce = self.nonce.saturating_add(1);
             out.push(tx);
         }
@@ -238,7 +241,12 @@ impl BlockFactory {
             .next()
             .ok_or_else(|| BenchError::Other("height overflow".into()))?;
         let transfers = self.transfers(txs)?;
-        let fees = protocol::Amount(u64::try_from(transfers.len()).unwrap_or(0));
+        let fees = transfers
+            .iter()
+            .try_fold(protocol::Amount::ZERO, |sum, tx| {
+                sum.checked_add(tx.body.fee)
+            })
+            .ok_or_else(|| BenchError::Other("fee overflow".into()))?;
         let mut all = vec![protocol::Transaction::Coinbase(protocol::Coinbase {
             height,
             miner: protocol::Address([0xbe; 32]),
@@ -296,36 +304,54 @@ impl BlockFactory {
     }
 }
 
-/// Figures of one sync benchmark run.
+/// What [`bench_sync`] measured: seconds to validate and store the same
+/// blocks on each path, and to sync them over libp2p.
 #[derive(Clone, Copy, Debug)]
 pub struct SyncBench {
     /// Blocks synced.
     pub blocks: usize,
     /// Transfers per block.
     pub txs_per_block: usize,
-    /// Seconds the source node took to validate and store every block.
+    /// Threads the new path verified signatures on.
+    pub threads: usize,
+    /// Validate and store, every signature verified on one thread (the
+    /// path before signatures were verified once and in parallel).
+    pub baseline_seconds: f64,
+    /// Validate and store, signatures never seen before, verified on
+    /// `threads` threads.
     pub validate_seconds: f64,
-    /// Seconds a fresh node took to sync them over libp2p.
+    /// Validate and store blocks whose transactions were admitted to the
+    /// mempool first (as gossip delivers them): only the blocks are timed.
+    pub seen_seconds: f64,
+    /// A fresh node syncing the blocks over libp2p, one signature thread.
+    pub baseline_sync_seconds: f64,
+    /// A fresh node syncing them, `threads` signature threads.
     pub sync_seconds: f64,
 }
 
-async fn wait_for_tip(
-    chain: &crate::service::ChainHandle,
-    tip: BlockHash,
-    timeout: Duration,
-) -> Result<(), BenchError> {
-    let mut rx = chain.watch_tip();
-    tokio::time::timeout(timeout, rx.wait_for(|snapshot| snapshot.tip == tip))
-        .await
-        .map_err(|_| BenchError::Other(format!("timed out waiting for tip {tip}")))?
-        .map_err(|_| BenchError::Other("the chain task stopped".into()))?;
-    Ok(())
+/// Starts a regtest node in `dir` verifying signatures on `threads`
+/// threads, remembering `cache` verified transactions.
+async fn start_verifying(
+    dir: &std::path::Path,
+    bootstrap: Vec<libp2p::Multiaddr>,
+    threads: usize,
+    cache: usize,
+) -> Result<crate::node::RunningNode, BenchError> {
+    let mut config = crate::testkit::regtest_config(dir, bootstrap);
+    config.signature_threads = threads;
+    config.signature_cache = cache;
+    Ok(crate::node::start(config).await?)
 }
 
-/// Feeds `blocks` blocks of `txs_per_block` transfers to a source node
-/// (its own validation rate), then times a fresh node syncing them from it.
+/// Feeds `blocks` blocks of `txs_per_block` transfers to a node, and times
+/// validation and storage on three paths: every signature on one thread
+/// (the baseline), unseen signatures on every core, and blocks whose
+/// transactions the mempool had admitted. Then times two fresh nodes (one
+/// signature thread, every core) syncing them over libp2p.
 pub async fn bench_sync(blocks: usize, txs_per_block: usize) -> Result<SyncBench, BenchError> {
     let dir = tempfile_dir()?;
+    let threads = crate::signatures::available_threads();
+    let cache = crate::signatures::SIGNATURE_CACHE_CAPACITY;
     let generated =
         tokio::task::spawn_blocking(move || -> Result<Vec<protocol::Block>, BenchError> {
             let mut factory = BlockFactory::regtest()?;
@@ -339,34 +365,90 @@ pub async fn bench_sync(blocks: usize, txs_per_block: usize) -> Result<SyncBench
         .last()
         .map(protocol::Block::hash)
         .ok_or_else(|| BenchError::Other("no blocks asked".into()))?;
+    let feed = |node: crate::node::RunningNode, name: &'static str| {
+        let generated = generated.clone();
+        async move {
+            let start = Instant::now();
+            for block in generated {
+                node.chain()
+                    .submit_block(block, crate::service::BlockSource::Peer(name.into()))
+                    .await?;
+            }
+            wait_for_tip(node.chain(), last, Duration::from_secs(600)).await?;
+            Ok::<_, BenchError>((node, start.elapsed().as_secs_f64()))
+        }
+    };
 
-    let source = crate::testkit::start_regtest(&dir.join("source"), vec![], None).await?;
-    let start = Instant::now();
-    for block in generated {
-        source
-            .chain()
+    let baseline = start_verifying(&dir.join("baseline"), vec![], 1, 0).await?;
+    let (baseline, baseline_seconds) = feed(baseline, "bench").await?;
+    let source = start_verifying(&dir.join("source"), vec![], threads, cache).await?;
+    let (source, validate_seconds) = feed(source, "bench").await?;
+
+    // Transactions first, untimed, as gossip would bring them; then each
+    // block, timed until it is the tip.
+    let seen = start_verifying(&dir.join("seen"), vec![], threads, cache).await?;
+    let mut seen_seconds = 0.0;
+    for block in generated.iter().cloned() {
+        for tx in &block.txs {
+            if let protocol::Transaction::Signed(signed) = tx {
+                seen.chain()
+                    .submit_tx(signed.clone())
+                    .await?
+                    .map_err(|e| BenchError::Other(format!("mempool refused a transfer: {e}")))?;
+            }
+        }
+        let hash = block.hash();
+        let start = Instant::now();
+        seen.chain()
             .submit_block(block, crate::service::BlockSource::Peer("bench".into()))
             .await?;
+        wait_for_tip(seen.chain(), hash, Duration::from_secs(60)).await?;
+        seen_seconds += start.elapsed().as_secs_f64();
     }
-    wait_for_tip(source.chain(), last, Duration::from_secs(600)).await?;
-    let validate_seconds = start.elapsed().as_secs_f64();
+    seen.stop().await;
+    baseline.stop().await;
 
     let addr = source
         .p2p_addr()
         .ok_or_else(|| BenchError::Other("no listen address".into()))?;
-    let start = Instant::now();
-    let fresh = crate::testkit::start_regtest(&dir.join("fresh"), vec![addr], None).await?;
-    wait_for_tip(fresh.chain(), last, Duration::from_secs(1800)).await?;
-    let sync_seconds = start.elapsed().as_secs_f64();
-    fresh.stop().await;
+    let sync = |name: &'static str, threads: usize, cache: usize| {
+        let (dir, addr) = (dir.join(name), addr.clone());
+        async move {
+            let start = Instant::now();
+            let fresh = start_verifying(&dir, vec![addr], threads, cache).await?;
+            wait_for_tip(fresh.chain(), last, Duration::from_secs(1800)).await?;
+            let seconds = start.elapsed().as_secs_f64();
+            fresh.stop().await;
+            Ok::<_, BenchError>(seconds)
+        }
+    };
+    let baseline_sync_seconds = sync("fresh-baseline", 1, 0).await?;
+    let sync_seconds = sync("fresh", threads, cache).await?;
     source.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(SyncBench {
         blocks,
         txs_per_block,
+        threads,
+        baseline_seconds,
         validate_seconds,
+        seen_seconds,
+        baseline_sync_seconds,
         sync_seconds,
     })
+}
+
+async fn wait_for_tip(
+    chain: &crate::service::ChainHandle,
+    tip: BlockHash,
+    timeout: Duration,
+) -> Result<(), BenchError> {
+    let mut rx = chain.watch_tip();
+    tokio::time::timeout(timeout, rx.wait_for(|snapshot| snapshot.tip == tip))
+        .await
+        .map_err(|_| BenchError::Other(format!("timed out waiting for tip {tip}")))?
+        .map_err(|_| BenchError::Other("the chain task stopped".into()))?;
+    Ok(())
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {

@@ -18,8 +18,9 @@ use std::time::Instant;
 
 use protocol::pow::Work;
 use protocol::validation::{
-    apply_block, check_block_body, check_header, check_tx_stateless, expected_bits,
-    median_time_past, template_state_root, undo_block, HeaderContext, MEDIAN_TIME_SPAN,
+    apply_block_presigned, check_block_body, check_header, check_tx_rules, expected_bits,
+    median_time_past, template_state_root_presigned, undo_block, HeaderContext, Presigned, TxError,
+    MEDIAN_TIME_SPAN,
 };
 use protocol::{
     merkle_root, Address, Amount, Block, BlockError, BlockHash, ChainParams, Coinbase,
@@ -28,6 +29,7 @@ use protocol::{
 };
 
 use crate::mempool::{Mempool, MempoolError, MempoolLimits, TipContext};
+use crate::signatures::{self, SignatureCache, SIGNATURE_CACHE_CAPACITY};
 use crate::store::{StateDelta, Store, StoreError, StoredIndex};
 
 /// The verifier used while no training engine is linked: it cannot judge
@@ -351,6 +353,10 @@ pub struct Chain {
     /// called, oldest first: what the chain task turns into events and
     /// metrics. Bounded by [`MAX_NOTES`].
     notes: Vec<ChainNote>,
+    /// Transactions whose signatures verified (see [`crate::signatures`]).
+    signatures: SignatureCache,
+    /// Threads that verify a block's unseen signatures.
+    signature_threads: usize,
 }
 
 /// A transaction found by id, and its main-chain block with that block's
@@ -465,6 +471,8 @@ impl Chain {
             parked: HashMap::new(),
             parked_logged: HashSet::new(),
             notes: Vec::new(),
+            signatures: SignatureCache::new(SIGNATURE_CACHE_CAPACITY),
+            signature_threads: signatures::available_threads(),
         };
         chain.switch_to_best_on_start()?;
         Ok(chain)
@@ -494,6 +502,14 @@ impl Chain {
             }
         }
         Ok(())
+    }
+
+    /// How blocks' signatures are verified: on `threads` threads, skipping
+    /// those of up to `cache_capacity` transactions already verified (0:
+    /// verify every signature of every block, as if never seen).
+    pub fn set_signature_checks(&mut self, threads: usize, cache_capacity: usize) {
+        self.signature_threads = threads.max(1);
+        self.signatures = SignatureCache::new(cache_capacity);
     }
 
     /// The chain parameters.
@@ -862,22 +878,52 @@ impl Chain {
     }
 
     fn check_side_block_txs(&mut self, block: &Block, hash: BlockHash) -> Result<(), ChainError> {
+        // Cheap rules of every transaction first, then the signatures not
+        // verified before, on every core.
+        let mut failure = None;
         for (index, tx) in block.txs.iter().enumerate() {
             if let Transaction::Signed(signed) = tx {
-                if let Err(source) = check_tx_stateless(signed, &self.params) {
-                    self.invalid.insert(hash);
-                    return Err(ChainError::InvalidBlock {
-                        hash,
-                        source: BlockError::Tx {
-                            index,
-                            txid: signed.id().unwrap_or_default(),
-                            source: Box::new(source),
-                        },
-                    });
+                if let Err(source) = check_tx_rules(signed, &self.params) {
+                    failure = Some((index, signed, source));
+                    break;
                 }
             }
         }
-        Ok(())
+        if failure.is_none() {
+            let presigned = signatures::verify_block(
+                block,
+                &self.params,
+                &mut self.signatures,
+                self.signature_threads,
+            );
+            failure =
+                block
+                    .txs
+                    .iter()
+                    .zip(&presigned)
+                    .enumerate()
+                    .find_map(|(index, (tx, verified))| match tx {
+                        Transaction::Signed(signed) if !verified => signed
+                            .verify_signature(self.params.chain_id)
+                            .err()
+                            .map(|err| (index, signed, TxError::from(err))),
+                        _ => None,
+                    });
+        }
+        match failure {
+            Some((index, signed, source)) => {
+                self.invalid.insert(hash);
+                Err(ChainError::InvalidBlock {
+                    hash,
+                    source: BlockError::Tx {
+                        index,
+                        txid: signed.id().unwrap_or_default(),
+                        source: Box::new(source),
+                    },
+                })
+            }
+            None => Ok(()),
+        }
     }
 
     /// The stored block with the most work (first seen wins ties) that is
@@ -1038,12 +1084,23 @@ impl Chain {
             .get(hash)
             .map(|e| e.height)
             .ok_or_else(|| StoreError::Missing(format!("index entry of {hash}")))?;
-        let undo = match apply_block(
+        // The block's header, proof of work and structure were checked
+        // when it was stored. Its signatures now, those the mempool
+        // verified skipped and the rest on every core; then the state, in
+        // order (see `crate::signatures` for why the result is the same).
+        let presigned = signatures::verify_block(
+            &block,
+            &self.params,
+            &mut self.signatures,
+            self.signature_threads,
+        );
+        let undo = match apply_block_presigned(
             &mut self.state,
             &block,
             height,
             &self.params,
             &*self.verifier,
+            Presigned::These(&presigned),
         ) {
             Ok(undo) => undo,
             Err(source) => return Ok(Err(source)),
@@ -1219,6 +1276,8 @@ impl Chain {
         let id = self
             .mempool
             .insert(tx, &mut self.state, &ctx, Instant::now())?;
+        // Admission verified its signature: a block carrying it will not.
+        self.signatures.insert(id);
         self.mempool_version = self.mempool_version.wrapping_add(1);
         Ok(id)
     }
@@ -1275,8 +1334,16 @@ impl Chain {
                 amount,
             }));
             all.extend(txs.iter().cloned().map(Transaction::Signed));
-            match template_state_root(&mut self.state, &all, height, &self.params, &*self.verifier)
-            {
+            // Every transaction came from the mempool, which verified its
+            // signature on admission.
+            match template_state_root_presigned(
+                &mut self.state,
+                &all,
+                height,
+                &self.params,
+                &*self.verifier,
+                Presigned::Everything,
+            ) {
                 Ok(root) => break (all, root),
                 Err(BlockError::Tx { index, source, .. }) if index >= 1 => {
                     let position = index.saturating_sub(1);
@@ -1397,7 +1464,7 @@ mod tests {
         TxBody {
             from: Address::ZERO,
             nonce,
-            fee: Amount(10),
+            fee: Amount(500),
             kind: TxKind::Transfer {
                 to: Address([5; 32]),
                 amount: Amount(amount),

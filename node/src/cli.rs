@@ -166,9 +166,11 @@ enum RpcCall {
         /// Base units to send.
         #[arg(long)]
         amount: u64,
-        /// Fee in base units.
-        #[arg(long, default_value_t = 1)]
-        fee: u64,
+        /// Fee in base units [default: the chain's minimum for the
+        /// transaction's size]. A recipient without an account also costs
+        /// the chain's entry charge, burned.
+        #[arg(long)]
+        fee: Option<u64>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -372,23 +374,32 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let txs = r.blocks.saturating_mul(r.txs_per_block) as f64;
             let blocks = r.blocks as f64;
             println!(
-                "blocks {}  transfers per block {}",
-                r.blocks, r.txs_per_block
+                "blocks {}  transfers per block {}  signature threads {}",
+                r.blocks, r.txs_per_block, r.threads
             );
-            println!(
-                "validate+store (source node)  {:>9.1} blocks/s  {:>10.1} tx/s  ({:.2}s)",
-                blocks / r.validate_seconds,
-                txs / r.validate_seconds,
-                r.validate_seconds
+            let row = |what: &str, seconds: f64| {
+                println!(
+                    "{what:<44} {:>8.1} blocks/s {:>10.1} tx/s  ({seconds:.2}s)",
+                    blocks / seconds,
+                    txs / seconds,
+                );
+            };
+            row(
+                "validate+store, baseline (1 thread, no cache)",
+                r.baseline_seconds,
             );
-            println!(
-                "sync over libp2p (fresh node) {:>9.1} blocks/s  {:>10.1} tx/s  ({:.2}s)",
-                blocks / r.sync_seconds,
-                txs / r.sync_seconds,
-                r.sync_seconds
+            row("validate+store, unseen signatures", r.validate_seconds);
+            row("validate+store, txs seen in the mempool", r.seen_seconds);
+            row(
+                "sync over libp2p, baseline (1 thread)",
+                r.baseline_sync_seconds,
             );
+            row("sync over libp2p", r.sync_seconds);
             println!(
-                "ratio sync/validation  {:.2}",
+                "ratio unseen/baseline {:.2}  seen/baseline {:.2}  sync/baseline sync {:.2}  sync/validation {:.2}",
+                r.baseline_seconds / r.validate_seconds,
+                r.baseline_seconds / r.seen_seconds,
+                r.baseline_sync_seconds / r.sync_seconds,
                 r.validate_seconds / r.sync_seconds
             );
             Ok(())
@@ -681,18 +692,29 @@ fn rpc(client: &NodeClient, call: RpcCall) -> anyhow::Result<()> {
             let to = parse_address(&to)?;
             let key = keys::load_signing_key(&key)?;
             let from = Address::from_verifying_key(&key.verifying_key());
-            let chain_id = client.status()?.chain_id;
+            let status = client.status()?;
             let nonce = client.address(&from)?.next_nonce;
-            let tx = TxBody {
+            let mut body = TxBody {
                 from,
                 nonce,
-                fee: Amount(fee),
+                fee: Amount::ZERO,
                 kind: TxKind::Transfer {
                     to,
                     amount: Amount(amount),
                 },
-            }
-            .sign(&key, chain_id)?;
+            };
+            body.fee = match fee {
+                Some(fee) => Amount(fee),
+                None => body
+                    .min_fee_at(Amount(status.min_fee_rate))?
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "the chain's fee rate {} overflows a fee",
+                            status.min_fee_rate
+                        )
+                    })?,
+            };
+            let tx = body.sign(&key, status.chain_id)?;
             let id = client.submit_tx(&tx)?;
             print(
                 json.json,

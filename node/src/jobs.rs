@@ -536,14 +536,19 @@ async fn submit_fraud_proof(
         .next_nonce(challenger)
         .await
         .map_err(|e| e.to_string())?;
-    let tx = TxBody {
+    let mut body = TxBody {
         from: challenger,
         nonce,
-        fee: ctx.params.min_fee,
+        fee: protocol::Amount::ZERO,
         kind: TxKind::FraudProof { job, claim },
-    }
-    .sign(key, ctx.params.chain_id)
-    .map_err(|e| e.to_string())?;
+    };
+    body.fee = body
+        .min_fee_at(ctx.params.min_fee_rate)
+        .map_err(|e| e.to_string())?
+        .ok_or("the chain's fee rate overflows a fee")?;
+    let tx = body
+        .sign(key, ctx.params.chain_id)
+        .map_err(|e| e.to_string())?;
     let bytes = codec::encode(&tx).map_err(|e| e.to_string())?;
     match ctx.chain.submit_tx(tx).await.map_err(|e| e.to_string())? {
         Ok(id) => {

@@ -26,6 +26,7 @@ pub mod node;
 pub mod nonce_scan;
 pub mod observe;
 pub mod service;
+pub mod signatures;
 pub mod store;
 pub mod testkit;
 pub mod verifier;

@@ -1,5 +1,6 @@
 //! The mempool: validated transactions waiting for a block, ordered by fee
-//! and, per sender, by nonce.
+//! rate (fee per encoded byte: a block's bytes are what is scarce) and, per
+//! sender, by nonce.
 //!
 //! A transaction enters only after it applied cleanly on top of the tip
 //! state and its sender's earlier pending transactions; the same sender and
@@ -16,6 +17,45 @@ use protocol::validation::{apply_transaction, check_tx_stateless};
 use protocol::{
     Address, Amount, ChainParams, Height, SegmentVerifier, SignedTx, State, TxError, TxId,
 };
+
+/// A fee per encoded byte, compared exactly by cross-multiplying (no
+/// division, no rounding).
+#[derive(Clone, Copy, Debug)]
+pub struct FeeRate {
+    fee: Amount,
+    size: usize,
+}
+
+impl FeeRate {
+    /// `fee` for `size` bytes.
+    pub fn new(fee: Amount, size: usize) -> Self {
+        Self { fee, size }
+    }
+
+    fn scaled(self, other: Self) -> u128 {
+        u128::from(self.fee.0).saturating_mul(u128::try_from(other.size).unwrap_or(u128::MAX))
+    }
+}
+
+impl Ord for FeeRate {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.scaled(*other).cmp(&other.scaled(*self))
+    }
+}
+
+impl PartialOrd for FeeRate {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for FeeRate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for FeeRate {}
 
 /// Caps on what the mempool holds.
 #[derive(Clone, Copy, Debug)]
@@ -65,11 +105,15 @@ pub enum MempoolError {
         /// The fee of the pending transaction with the same nonce.
         pending: Amount,
     },
-    /// The mempool is full of transactions paying at least as much.
-    #[error("mempool is full: fee {fee} does not beat the lowest evictable fee")]
+    /// The mempool is full of transactions paying at least as much a byte.
+    #[error(
+        "mempool is full: fee {fee} for {size} bytes does not beat the lowest evictable fee rate"
+    )]
     Full {
         /// The fee offered.
         fee: Amount,
+        /// The transaction's encoded size.
+        size: usize,
     },
 }
 
@@ -97,6 +141,12 @@ struct Entry {
     size: usize,
     added: Instant,
     seq: u64,
+}
+
+impl Entry {
+    fn rate(&self) -> FeeRate {
+        FeeRate::new(self.tx.body.fee, self.size)
+    }
 }
 
 /// The pool of pending transactions.
@@ -222,7 +272,7 @@ impl Mempool {
         if let Some(old) = replaced {
             self.remove(&old);
         }
-        self.make_room(size, tx.body.fee, &from)?;
+        self.make_room(size, FeeRate::new(tx.body.fee, size), &from)?;
         self.seq = self.seq.wrapping_add(1);
         self.bytes = self.bytes.saturating_add(size);
         self.by_sender.entry(from).or_default().insert(nonce, id);
@@ -284,11 +334,17 @@ impl Mempool {
         result.map_err(MempoolError::from)
     }
 
-    /// Evicts the cheapest last-in-line transactions of other senders until
-    /// `size` more bytes and one more transaction fit, as long as they pay
-    /// less than `fee`. A sender never evicts its own queue: that would
-    /// leave a nonce gap in front of the new transaction.
-    fn make_room(&mut self, size: usize, fee: Amount, from: &Address) -> Result<(), MempoolError> {
+    /// Evicts the last-in-line transactions of other senders paying the
+    /// least a byte until `size` more bytes and one more transaction fit, as
+    /// long as they pay less a byte than `rate`. A sender never evicts its
+    /// own queue: that would leave a nonce gap in front of the new
+    /// transaction.
+    fn make_room(
+        &mut self,
+        size: usize,
+        rate: FeeRate,
+        from: &Address,
+    ) -> Result<(), MempoolError> {
         while self.entries.len() >= self.limits.max_txs
             || self.bytes.saturating_add(size) > self.limits.max_bytes
         {
@@ -297,11 +353,16 @@ impl Mempool {
                 .iter()
                 .filter(|(sender, _)| *sender != from)
                 .filter_map(|(_, pending)| pending.values().next_back())
-                .filter_map(|id| self.entries.get(id).map(|e| (e.tx.body.fee, *id)))
+                .filter_map(|id| self.entries.get(id).map(|e| (e.rate(), *id)))
                 .min();
             match cheapest {
-                Some((lowest, id)) if lowest < fee => self.remove(&id),
-                _ => return Err(MempoolError::Full { fee }),
+                Some((lowest, id)) if lowest < rate => self.remove(&id),
+                _ => {
+                    return Err(MempoolError::Full {
+                        fee: rate.fee,
+                        size,
+                    })
+                }
             }
         }
         Ok(())
@@ -345,7 +406,7 @@ impl Mempool {
         drop.len()
     }
 
-    /// Picks transactions for a block: highest fee first among each sender's
+    /// Picks transactions for a block: highest fee rate first among each sender's
     /// next nonce, each applied to `state` (rolled back at the end) so the
     /// selection is valid as a whole. Returns them in block order with their
     /// total fee.
@@ -363,7 +424,7 @@ impl Mempool {
             let mut iter = pending.iter();
             if let Some((_, id)) = iter.next() {
                 if let Some(entry) = self.entries.get(id) {
-                    heap.push((entry.tx.body.fee, Reverse(entry.seq), *id, *address));
+                    heap.push((entry.rate(), Reverse(entry.seq), *id, *address));
                 }
             }
             cursors.insert(*address, iter);
@@ -372,7 +433,7 @@ impl Mempool {
         let mut chosen = Vec::new();
         let mut bytes = 0usize;
         let mut fees = Amount::ZERO;
-        while let Some((fee, _, id, address)) = heap.pop() {
+        while let Some((_, _, id, address)) = heap.pop() {
             if chosen.len() >= max_txs {
                 break;
             }
@@ -395,7 +456,7 @@ impl Mempool {
                 // The rest of this sender's queue depends on this one.
                 continue;
             }
-            let Some(total) = fees.checked_add(fee) else {
+            let Some(total) = fees.checked_add(entry.tx.body.fee) else {
                 break;
             };
             fees = total;
@@ -403,12 +464,7 @@ impl Mempool {
             chosen.push(entry.tx.clone());
             if let Some((_, next)) = cursors.get_mut(&address).and_then(Iterator::next) {
                 if let Some(next_entry) = self.entries.get(next) {
-                    heap.push((
-                        next_entry.tx.body.fee,
-                        Reverse(next_entry.seq),
-                        *next,
-                        address,
-                    ));
+                    heap.push((next_entry.rate(), Reverse(next_entry.seq), *next, address));
                 }
             }
         }
@@ -425,11 +481,15 @@ mod tests {
 
     use protocol::DeferReplays as NoTraining;
 
+    const FEE_BASE: u64 = 1_000;
+
     fn transfer(key: &SigningKey, nonce: u64, fee: u64, amount: u64, chain_id: u32) -> SignedTx {
         TxBody {
             from: Address::ZERO,
             nonce,
-            fee: Amount(fee),
+            // Over the regtest minimum for a transfer's size (1 a byte,
+            // about 156 bytes); relative fees are what these tests vary.
+            fee: Amount(FEE_BASE + fee),
             kind: TxKind::Transfer {
                 to: Address([7; 32]),
                 amount: Amount(amount),
@@ -471,7 +531,7 @@ mod tests {
         assert_eq!(pool.len(), 2);
         let (txs, fees) = pool.select(&mut state, &ctx, 100, 1 << 20);
         assert_eq!(txs.first(), Some(&richer));
-        assert_eq!(fees, Amount(59));
+        assert_eq!(fees, Amount(2 * FEE_BASE + 59));
         assert_eq!(state, params.genesis_state());
         assert_eq!(pool.next_nonce(&params.faucet, &state), 2);
     }
@@ -535,7 +595,9 @@ mod tests {
                 (
                     other_address,
                     protocol::Account {
-                        balance: Amount(1_000),
+                        // Amount, fee and the charge for creating the
+                        // recipient's account.
+                        balance: Amount(1_000_000),
                         nonce: 0,
                     },
                 ),
@@ -571,6 +633,18 @@ mod tests {
         let later = now + Duration::from_secs(61);
         assert_eq!(pool.prune(&state, later), 2);
         assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn fee_rates_compare_per_byte_exactly() {
+        // A larger fee on many more bytes pays less a byte.
+        assert!(FeeRate::new(Amount(1_000), 156) > FeeRate::new(Amount(1_500), 300));
+        assert_eq!(FeeRate::new(Amount(2), 4), FeeRate::new(Amount(1), 2));
+        assert!(
+            FeeRate::new(Amount(u64::MAX), usize::MAX)
+                > FeeRate::new(Amount(u64::MAX - 1), usize::MAX)
+        );
+        assert!(FeeRate::new(Amount(0), 1) < FeeRate::new(Amount(1), usize::MAX));
     }
 
     #[test]

@@ -62,6 +62,13 @@ pub struct NodeConfig {
     pub verifier: Option<SharedVerifier>,
     /// Mempool caps.
     pub mempool: MempoolLimits,
+    /// Threads that verify a block's signatures not seen before (default:
+    /// the cores available).
+    pub signature_threads: usize,
+    /// Transactions whose verified signatures are remembered, so that a
+    /// block carrying them skips them (0 verifies every signature of every
+    /// block).
+    pub signature_cache: usize,
     /// How pending results are audited.
     pub audit: AuditConfig,
     /// Where the HTTP API listens; `None` turns it off.
@@ -112,6 +119,8 @@ impl NodeConfig {
             mine_interval,
             verifier: None,
             mempool: MempoolLimits::default(),
+            signature_threads: crate::signatures::available_threads(),
+            signature_cache: crate::signatures::SIGNATURE_CACHE_CAPACITY,
             audit: AuditConfig {
                 fraction: DEFAULT_AUDIT_FRACTION,
                 key: None,
@@ -305,10 +314,15 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         None => replay.clone(),
     };
     let limits = config.mempool;
-    let chain =
-        tokio::task::spawn_blocking(move || Chain::open(&store_path, params, verifier, limits))
-            .await
-            .map_err(|e| NodeError::Spawn(e.to_string()))??;
+    let (signature_threads, signature_cache) = (config.signature_threads, config.signature_cache);
+    let chain = tokio::task::spawn_blocking(move || {
+        Chain::open(&store_path, params, verifier, limits).map(|mut chain| {
+            chain.set_signature_checks(signature_threads, signature_cache);
+            chain
+        })
+    })
+    .await
+    .map_err(|e| NodeError::Spawn(e.to_string()))??;
     tracing::info!(
         chain = config.params.name,
         height = chain.height().0,

@@ -136,7 +136,7 @@ fn transfer(nonce: u64, amount: u64) -> SignedTx {
     TxBody {
         from: Address::ZERO,
         nonce,
-        fee: Amount(1),
+        fee: Amount(500),
         kind: TxKind::Transfer {
             to: Address([7; 32]),
             amount: Amount(amount),

@@ -203,7 +203,7 @@ async fn the_dashboard_shows_the_tip_the_blocks_and_a_settled_jobs_loss_curve() 
     let fund = sign(
         &faucet_key(),
         0,
-        1,
+        FEE,
         TxKind::Transfer {
             to: worker_address,
             amount: Amount(FUNDS),

@@ -119,7 +119,7 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
     let fund = protocol::TxBody {
         from: params.faucet,
         nonce: 0,
-        fee: Amount(1),
+        fee: Amount(500),
         kind: protocol::TxKind::Transfer {
             to: worker,
             amount: Amount(FUNDS),
@@ -231,19 +231,34 @@ async fn digits_job_posted_trained_verified_paid_and_served() -> anyhow::Result<
             .job(job)
             .await?
             .ok_or_else(|| anyhow::anyhow!("job gone"))?;
-        if let JobStatus::Fulfilled {
+        let JobStatus::Fulfilled {
             worker: paid,
             result,
+            tx,
             ..
         } = record.status
-        {
-            assert_eq!(paid, worker);
-            weights.push(result.weights);
-        }
+        else {
+            anyhow::bail!("job {job} is not fulfilled: {:?}", record.status);
+        };
+        assert_eq!(paid, worker);
+        weights.push(result.weights);
+        // `work` priced its result at the chain's minimum for its size.
+        let submitted = node
+            .chain()
+            .transaction(tx)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("result transaction {tx} not found"))?;
+        let protocol::Transaction::Signed(submitted) = submitted.tx else {
+            anyhow::bail!("result transaction {tx} is a coinbase");
+        };
+        let least = params
+            .min_fee(submitted.encoded_len()?)
+            .unwrap_or(Amount(u64::MAX));
+        assert_eq!(submitted.body.fee, least, "the least fee for its size");
         let balance = node.chain().balance(worker).await?;
         assert_eq!(
             balance.account.balance,
-            Amount(FUNDS + 7000 - 1),
+            Amount(FUNDS + 7000 - least.0),
             "bounty paid, bond returned, one fee"
         );
     }

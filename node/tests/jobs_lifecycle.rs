@@ -54,12 +54,18 @@ fn spec(dataset: &Dataset) -> anyhow::Result<JobSpec> {
     Ok(spec)
 }
 
+/// Over the regtest minimum (1 a byte) for these jobs' posts.
+const POST_FEE: u64 = 2_000;
+
+/// Over the regtest minimum for these jobs' results.
+const RESULT_FEE: u64 = 5_000;
+
 fn post(spec: &JobSpec, bounty: u64, expires_at: u64) -> anyhow::Result<SignedTx> {
     let params = ChainParams::regtest();
     Ok(TxBody {
         from: params.faucet,
         nonce: 0,
-        fee: Amount(10),
+        fee: Amount(POST_FEE),
         kind: TxKind::PostJob {
             spec: spec.clone(),
             bounty: Amount(bounty),
@@ -120,7 +126,8 @@ async fn an_expired_job_refunds_the_poster_exactly() -> anyhow::Result<()> {
     .await
     .map_err(anyhow::Error::msg)?;
     let escrowed = node.chain().balance(params.faucet).await?.account.balance;
-    assert_eq!(escrowed, Amount(before.0 - 2_500 - 10));
+    let charge = params.entry_charge.0;
+    assert_eq!(escrowed, Amount(before.0 - 2_500 - POST_FEE - charge));
     wait_until("the job expired", WAIT, || {
         let chain = node.chain().clone();
         async move {
@@ -131,7 +138,11 @@ async fn an_expired_job_refunds_the_poster_exactly() -> anyhow::Result<()> {
     .await
     .map_err(anyhow::Error::msg)?;
     let after = node.chain().balance(params.faucet).await?.account.balance;
-    assert_eq!(after, Amount(before.0 - 10), "bounty back, fee spent");
+    assert_eq!(
+        after,
+        Amount(before.0 - POST_FEE - charge),
+        "bounty back, fee and entry charge spent"
+    );
     match job_status(&node, job).await {
         Some(JobStatus::Expired { height }) => assert_eq!(height, Height(expires_at)),
         other => anyhow::bail!("job is {other:?}"),
@@ -240,7 +251,7 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
     let fund = TxBody {
         from: params.faucet,
         nonce: 1,
-        fee: Amount(1),
+        fee: Amount(500),
         kind: TxKind::Transfer {
             to: worker_address,
             amount: Amount(FUNDS),
@@ -258,7 +269,7 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
     let result_tx = TxBody {
         from: worker_address,
         nonce: 0,
-        fee: Amount(3),
+        fee: Amount(RESULT_FEE),
         kind: TxKind::SubmitResult {
             job,
             result: outcome.result,
@@ -292,7 +303,7 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
     .map_err(anyhow::Error::msg)?;
     assert_eq!(
         c.chain().balance(worker_address).await?.account.balance,
-        Amount(FUNDS + 4_000 - 3),
+        Amount(FUNDS + 4_000 - RESULT_FEE),
         "bounty paid and bond returned"
     );
     wait_until("A well ahead of C", WAIT, || {
@@ -363,7 +374,7 @@ async fn a_reorg_removing_the_paying_block_reopens_the_job_and_pays_once() -> an
         .map_err(anyhow::Error::msg)?;
         assert_eq!(
             node.chain().balance(worker_address).await?.account.balance,
-            Amount(FUNDS + 4_000 - 3),
+            Amount(FUNDS + 4_000 - RESULT_FEE),
             "paid exactly once"
         );
     }

@@ -98,7 +98,7 @@ async fn bad_http_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Res
     let mut forged = TxBody {
         from: params.faucet,
         nonce: 0,
-        fee: Amount(5),
+        fee: Amount(500),
         kind: TxKind::Transfer {
             to: Address([1; 32]),
             amount: Amount(10),
@@ -113,7 +113,7 @@ async fn bad_http_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Res
     let overspend = TxBody {
         from: Address::ZERO,
         nonce: 0,
-        fee: Amount(5),
+        fee: Amount(500),
         kind: TxKind::Transfer {
             to: Address([1; 32]),
             amount: Amount(1_000),
@@ -123,7 +123,7 @@ async fn bad_http_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Res
     let good = TxBody {
         from: params.faucet,
         nonce: 0,
-        fee: Amount(5),
+        fee: Amount(500),
         kind: TxKind::Transfer {
             to: Address([1; 32]),
             amount: Amount(10),
@@ -217,7 +217,8 @@ async fn bad_http_input_gets_clear_errors_and_the_node_stays_up() -> anyhow::Res
             api.submit_tx(&overspend),
             400,
             ErrorCode::TxRejected,
-            "needs 1005 but has 0",
+            // Amount, fee and the charge for creating the recipient.
+            "needs 101500 but has 0",
         );
 
         // A blob over its kind's cap is refused before it is sent.

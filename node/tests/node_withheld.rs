@@ -61,7 +61,7 @@ async fn withheld_data_parks_blocks_and_everyone_converges_once_it_is_served() -
         let tx = sign(
             &faucet_key(),
             nonce as u64,
-            1,
+            FEE,
             TxKind::Transfer {
                 to: address(who),
                 amount: Amount(1_000_000),
@@ -86,7 +86,7 @@ async fn withheld_data_parks_blocks_and_everyone_converges_once_it_is_served() -
     let wrong = segment_claim(&claim.leaves, 5)?;
     submit(
         &w,
-        sign(&liar, 0, 1, TxKind::FraudProof { job, claim: wrong })?,
+        sign(&liar, 0, FEE, TxKind::FraudProof { job, claim: wrong })?,
     )
     .await?;
     let settled = wait_job(&a_node, job, "the result settled on A", |r| {

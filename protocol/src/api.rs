@@ -150,6 +150,11 @@ pub struct StatusView {
     pub mempool: u32,
     /// Encoded bytes of the mempool's transactions.
     pub mempool_bytes: u64,
+    /// The least fee a transaction may pay per encoded byte.
+    pub min_fee_rate: u64,
+    /// What a transaction creating a live-state entry (a new account or a
+    /// job) burns on top of its fee.
+    pub entry_charge: u64,
     /// Whether the node is mining.
     pub mining: bool,
     /// Hashes per second over the last measurement window; 0 when idle.

@@ -67,8 +67,19 @@ pub struct ChainParams {
     pub initial_subsidy: Amount,
     /// Blocks between subsidy halvings.
     pub halving_interval: u64,
-    /// Smallest fee a transaction may pay.
-    pub min_fee: Amount,
+    /// Smallest fee a transaction may pay per byte of its encoding: what a
+    /// transaction's share of every node's block log and bandwidth costs.
+    pub min_fee_rate: Amount,
+    /// Burned by a transaction that creates a live-state entry (a transfer
+    /// to an address without an account, or a posted job). A transaction's
+    /// bytes are written once, to the block log; an entry is kept, hashed
+    /// and served by every node for as long as it lives, so it is priced
+    /// on its own. Burned rather than paid to the miner, so that a miner
+    /// filling the state pays it like anyone else.
+    pub entry_charge: Amount,
+    /// Blocks a settled (fulfilled or expired) job stays in the live state
+    /// before it is pruned; its history stays in the blocks.
+    pub job_retention: u64,
     /// Largest encoded block.
     pub max_block_bytes: usize,
     /// Most transactions in a block, coinbase included.
@@ -155,7 +166,16 @@ impl ChainParams {
             max_future_drift: 7200,
             initial_subsidy: Amount(50u64.saturating_mul(COIN)),
             halving_interval: 210_000,
-            min_fee: Amount(1),
+            // One base unit a byte: a 150-byte transfer pays 150, a block
+            // full of transactions at the minimum pays about 0.01 coin.
+            min_fee_rate: Amount(1),
+            // 0.001 coin: a thousand times the per-byte rate, since an
+            // account entry (about 48 bytes) lives forever and a job entry
+            // up to `max_job_lifetime + job_retention` blocks.
+            entry_charge: Amount(100_000),
+            // About four hours of 5 s devnet blocks: long enough for
+            // explorers and the worker to read the outcome from the state.
+            job_retention: 2_880,
             max_block_bytes: 1 << 20,
             max_block_txs: 10_000,
             max_tx_bytes: 64 << 10,
@@ -188,6 +208,13 @@ impl ChainParams {
             fraud_proof_bond: Amount(100_000),
             max_job_lifetime: 100_000,
         }
+    }
+
+    /// The least fee a transaction of `size` encoded bytes may pay; `None`
+    /// when the product overflows (no fee can pay it).
+    pub fn min_fee(&self, size: usize) -> Option<Amount> {
+        let size = u64::try_from(size).ok()?;
+        self.min_fee_rate.0.checked_mul(size).map(Amount)
     }
 
     /// The coinbase subsidy at `height`: halves every `halving_interval`

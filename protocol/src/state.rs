@@ -135,6 +135,15 @@ impl JobRecord {
         matches!(self.status, JobStatus::Pending { .. })
     }
 
+    /// The height at which the job settled (paid or expired), after which
+    /// nothing can change it; `None` while open or pending.
+    pub fn settled_at(&self) -> Option<Height> {
+        match self.status {
+            JobStatus::Fulfilled { height, .. } | JobStatus::Expired { height } => Some(height),
+            JobStatus::Open | JobStatus::Pending { .. } => None,
+        }
+    }
+
     /// What the job holds in escrow: the bounty while open, bounty and
     /// bond while pending, nothing once settled or expired.
     pub fn escrowed(&self) -> Option<u64> {
@@ -188,6 +197,8 @@ pub struct State {
     expiring: BTreeSet<(Height, JobId)>,
     /// Pending jobs by settlement height, derived from `jobs`.
     settling: BTreeSet<(Height, JobId)>,
+    /// Settled jobs by the height they settled at, derived from `jobs`.
+    settled: BTreeSet<(Height, JobId)>,
 }
 
 impl State {
@@ -255,6 +266,20 @@ impl State {
         self.settling
             .iter()
             .take_while(|(settles_at, _)| *settles_at <= height)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// Settled jobs whose retention of `retention` blocks after settling
+    /// has run out by `height`, by settlement height.
+    pub fn jobs_prunable_by(&self, height: Height, retention: u64) -> Vec<JobId> {
+        self.settled
+            .iter()
+            .take_while(|(settled, _)| {
+                settled
+                    .checked_add(retention)
+                    .is_some_and(|prune_at| prune_at <= height)
+            })
             .map(|(_, id)| *id)
             .collect()
     }
@@ -328,6 +353,9 @@ impl State {
             if let JobStatus::Pending { settles_at, .. } = old.status {
                 self.settling.remove(&(settles_at, id));
             }
+            if let Some(settled) = old.settled_at() {
+                self.settled.remove(&(settled, id));
+            }
         }
         match job {
             Some(job) => {
@@ -336,6 +364,9 @@ impl State {
                 }
                 if let JobStatus::Pending { settles_at, .. } = job.status {
                     self.settling.insert((settles_at, id));
+                }
+                if let Some(settled) = job.settled_at() {
+                    self.settled.insert((settled, id));
                 }
                 self.jobs.insert(id, job);
             }

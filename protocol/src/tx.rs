@@ -141,6 +141,22 @@ impl TxBody {
         Ok(out)
     }
 
+    /// The encoded size of this body once signed. Integers are fixed-width,
+    /// so the size does not depend on the fee: a fee can be priced from it
+    /// before signing.
+    pub fn signed_len(&self) -> Result<usize, CodecError> {
+        let body = codec::encode(self)?.len();
+        let signature = codec::encode(&Signature([0; 64]))?.len();
+        Ok(body.saturating_add(signature))
+    }
+
+    /// The least fee this body may carry at `rate` a byte; `None` when the
+    /// product overflows.
+    pub fn min_fee_at(&self, rate: Amount) -> Result<Option<Amount>, CodecError> {
+        let size = u64::try_from(self.signed_len()?).unwrap_or(u64::MAX);
+        Ok(rate.0.checked_mul(size).map(Amount))
+    }
+
     /// Signs the body for `chain_id`. The body's `from` is set to `key`'s
     /// address.
     pub fn sign(mut self, key: &SigningKey, chain_id: u32) -> Result<SignedTx, CodecError> {
@@ -256,6 +272,33 @@ mod tests {
                 amount: Amount(10),
             },
         }
+    }
+
+    #[test]
+    fn a_fee_is_priced_before_signing_from_the_signed_size() {
+        for fee in [0, 1, u64::MAX] {
+            let mut body = transfer();
+            body.fee = Amount(fee);
+            let len = body.signed_len().unwrap();
+            assert_eq!(
+                len,
+                body.clone()
+                    .sign(&key(1), 7)
+                    .unwrap()
+                    .encoded_len()
+                    .unwrap()
+            );
+            assert_eq!(
+                len,
+                transfer().signed_len().unwrap(),
+                "size is independent of the fee"
+            );
+            assert_eq!(
+                body.min_fee_at(Amount(3)).unwrap(),
+                Some(Amount(3 * len as u64))
+            );
+        }
+        assert_eq!(transfer().min_fee_at(Amount(u64::MAX)).unwrap(), None);
     }
 
     #[test]

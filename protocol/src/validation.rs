@@ -128,13 +128,17 @@ pub enum JobError {
         /// Latest allowed.
         max: Height,
     },
-    /// The poster cannot pay bounty plus fee.
-    #[error("bounty {bounty} plus fee {fee} exceeds the poster's balance {balance}")]
+    /// The poster cannot pay bounty, fee and the job's entry charge.
+    #[error(
+        "bounty {bounty} plus fee {fee} plus entry charge {charge} exceeds the poster's balance {balance}"
+    )]
     BountyUnaffordable {
         /// The bounty.
         bounty: Amount,
         /// The fee.
         fee: Amount,
+        /// The entry charge ([`ChainParams::entry_charge`]).
+        charge: Amount,
         /// The poster's balance.
         balance: Amount,
     },
@@ -265,13 +269,17 @@ pub enum TxError {
         /// The transaction's.
         got: u64,
     },
-    /// The fee is under the minimum.
-    #[error("fee {fee} is below the minimum {min}")]
+    /// The fee is under the minimum for the transaction's size.
+    #[error("fee {fee} is below the minimum {min} ({size} bytes at {rate} a byte)")]
     FeeTooLow {
         /// The fee.
         fee: Amount,
-        /// The minimum.
+        /// The minimum for this size.
         min: Amount,
+        /// The encoded size.
+        size: usize,
+        /// The chain's minimum fee rate, per byte.
+        rate: Amount,
     },
     /// A transfer of nothing.
     #[error("transfer amount is 0, expected a positive amount")]
@@ -281,7 +289,8 @@ pub enum TxError {
     InsufficientBalance {
         /// The sender.
         address: Address,
-        /// Amount plus fee.
+        /// Amount plus fee, plus the entry charge when the transfer creates
+        /// its recipient's account.
         needed: Amount,
         /// Its balance.
         available: Amount,
@@ -503,6 +512,44 @@ pub fn check_header(
 /// Checks what a transaction must satisfy on its own: size, minimum fee,
 /// positive amounts, a valid job spec, and its signature. Returns its id.
 pub fn check_tx_stateless(tx: &SignedTx, params: &ChainParams) -> Result<TxId, TxError> {
+    check_tx_rules(tx, params)?;
+    // The signature is the dearest of the stateless checks: it runs last.
+    tx.verify_signature(params.chain_id)?;
+    tx.id().map_err(TxError::from)
+}
+
+/// Which signed transactions of a block (by index, the coinbase at 0) the
+/// caller has already verified with [`SignedTx::verify_signature`], the one
+/// signature rule (strict ed25519) on every path: at mempool admission, in
+/// a node's parallel pre-check of a block, or here. The rest are verified
+/// here, in block order, as each transaction is reached; so whichever path
+/// verified a signature, the same set of blocks is valid, and an invalid
+/// block fails with the same error.
+#[derive(Clone, Copy, Debug)]
+pub enum Presigned<'a> {
+    /// None: every signature is verified here.
+    Nothing,
+    /// Every signed transaction (a block template built from the mempool).
+    Everything,
+    /// The transactions whose index holds `true`.
+    These(&'a [bool]),
+}
+
+impl Presigned<'_> {
+    fn covers(&self, index: usize) -> bool {
+        match self {
+            Self::Nothing => false,
+            Self::Everything => true,
+            Self::These(verified) => verified.get(index).copied().unwrap_or(false),
+        }
+    }
+}
+
+/// The stateless checks of [`check_tx_stateless`] but the signature: size,
+/// minimum fee, positive amounts, a valid job spec, the leaves' root and
+/// path lengths. Cheap: encodings, comparisons and at most a few hundred
+/// hashes, no curve arithmetic.
+pub fn check_tx_rules(tx: &SignedTx, params: &ChainParams) -> Result<(), TxError> {
     let size = tx.encoded_len()?;
     if size > params.max_tx_bytes {
         return Err(TxError::TooLarge {
@@ -510,10 +557,17 @@ pub fn check_tx_stateless(tx: &SignedTx, params: &ChainParams) -> Result<TxId, T
             max: params.max_tx_bytes,
         });
     }
-    if tx.body.fee < params.min_fee {
+    // The size is bounded above, so the product cannot overflow with any
+    // sane rate; if it did, no fee could pay it.
+    let min = params
+        .min_fee(size)
+        .ok_or(TxError::Overflow("minimum fee"))?;
+    if tx.body.fee < min {
         return Err(TxError::FeeTooLow {
             fee: tx.body.fee,
-            min: params.min_fee,
+            min,
+            size,
+            rate: params.min_fee_rate,
         });
     }
     match &tx.body.kind {
@@ -563,9 +617,7 @@ pub fn check_tx_stateless(tx: &SignedTx, params: &ChainParams) -> Result<TxId, T
         }
         TxKind::Transfer { .. } => {}
     }
-    // The signature is the dearest of the stateless checks: it runs last.
-    tx.verify_signature(params.chain_id)?;
-    tx.id().map_err(TxError::from)
+    Ok(())
 }
 
 fn debit(
@@ -629,13 +681,24 @@ pub fn apply_transaction(
         .ok_or(TxError::Overflow("nonce"))?;
     match &tx.body.kind {
         TxKind::Transfer { to, amount } => {
+            // A recipient without an account gets a new live-state entry:
+            // the sender pays the entry charge, which is burned.
+            let charge = if state.has_account(to) {
+                Amount::ZERO
+            } else {
+                params.entry_charge
+            };
             let needed = amount
                 .checked_add(fee)
-                .ok_or(TxError::Overflow("amount plus fee"))?;
+                .and_then(|sum| sum.checked_add(charge))
+                .ok_or(TxError::Overflow("amount plus fee plus entry charge"))?;
             let mut account = debit(state, &from, needed)?;
             account.nonce = next_nonce;
             state.set_account(journal, from, account);
             credit(state, journal, *to, *amount)?;
+            if charge > Amount::ZERO {
+                credit(state, journal, BURN_ADDRESS, charge)?;
+            }
         }
         TxKind::PostJob {
             spec,
@@ -654,17 +717,25 @@ pub fn apply_transaction(
                 }
                 .into());
             }
+            // Every job is a new live-state entry (its id is this
+            // transaction's): the poster pays the entry charge, burned.
+            let charge = params.entry_charge;
             let needed = bounty
                 .checked_add(fee)
-                .ok_or(TxError::Overflow("bounty plus fee"))?;
+                .and_then(|sum| sum.checked_add(charge))
+                .ok_or(TxError::Overflow("bounty plus fee plus entry charge"))?;
             let mut account =
                 debit(state, &from, needed).map_err(|_| JobError::BountyUnaffordable {
                     bounty: *bounty,
                     fee,
+                    charge,
                     balance: sender.balance,
                 })?;
             account.nonce = next_nonce;
             state.set_account(journal, from, account);
+            if charge > Amount::ZERO {
+                credit(state, journal, BURN_ADDRESS, charge)?;
+            }
             let record = JobRecord {
                 poster: from,
                 spec: spec.clone(),
@@ -973,6 +1044,15 @@ fn expire_jobs(state: &mut State, journal: &mut Journal, height: Height) -> Resu
     Ok(())
 }
 
+/// Prunes the settled jobs (fulfilled or expired) whose retention ended at
+/// or before `height`: they leave the live state; their history stays in
+/// the blocks.
+fn prune_jobs(state: &mut State, journal: &mut Journal, height: Height, retention: u64) {
+    for id in state.jobs_prunable_by(height, retention) {
+        state.set_job(journal, id, None);
+    }
+}
+
 /// Checks a block's structure: a coinbase first and only first, at the
 /// block's height; no duplicate transactions; counts and size within
 /// bounds; the merkle root. Returns the transaction ids.
@@ -1042,9 +1122,19 @@ fn apply_body(
     height: Height,
     params: &ChainParams,
     verifier: &dyn SegmentVerifier,
+    presigned: Presigned<'_>,
 ) -> Result<Journal, BlockError> {
     let mut journal = Journal::default();
-    match apply_body_into(state, &mut journal, txs, ids, height, params, verifier) {
+    match apply_body_into(
+        state,
+        &mut journal,
+        txs,
+        ids,
+        height,
+        params,
+        verifier,
+        presigned,
+    ) {
         Ok(()) => Ok(journal),
         Err(err) => {
             state.rollback(journal);
@@ -1053,6 +1143,7 @@ fn apply_body(
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one call site, each argument a different thing
 fn apply_body_into(
     state: &mut State,
     journal: &mut Journal,
@@ -1061,6 +1152,7 @@ fn apply_body_into(
     height: Height,
     params: &ChainParams,
     verifier: &dyn SegmentVerifier,
+    presigned: Presigned<'_>,
 ) -> Result<(), BlockError> {
     let at_start = |source: TxError| BlockError::Tx {
         index: 0,
@@ -1071,6 +1163,7 @@ fn apply_body_into(
     // longer be challenged in this block.
     settle_jobs(state, journal, height).map_err(at_start)?;
     expire_jobs(state, journal, height).map_err(at_start)?;
+    prune_jobs(state, journal, height, params.job_retention);
     // Cheap, before any transaction runs: the replays a block can demand are
     // bounded by this count times the largest segment cost a job may have.
     let fraud_proofs = txs
@@ -1101,7 +1194,14 @@ fn apply_body_into(
             txid: *txid,
             source: Box::new(source),
         };
-        check_tx_stateless(signed, params).map_err(fail)?;
+        // Cheap rules first; the signature (curve arithmetic) unless the
+        // caller verified it already; then the state.
+        check_tx_rules(signed, params).map_err(fail)?;
+        if !presigned.covers(index) {
+            signed
+                .verify_signature(params.chain_id)
+                .map_err(|err| fail(err.into()))?;
+        }
         let fee = apply_transaction(state, journal, signed, *txid, height, params, verifier)
             .map_err(fail)?;
         fees = fees.checked_add(fee).ok_or(BlockError::Overflow("fees"))?;
@@ -1135,8 +1235,22 @@ pub fn apply_block(
     params: &ChainParams,
     verifier: &dyn SegmentVerifier,
 ) -> Result<BlockUndo, BlockError> {
+    apply_block_presigned(state, block, height, params, verifier, Presigned::Nothing)
+}
+
+/// [`apply_block`] for a caller that verified some of the block's
+/// signatures already ([`Presigned`]); the result is the same for any
+/// `presigned` that is true of the signatures it names.
+pub fn apply_block_presigned(
+    state: &mut State,
+    block: &Block,
+    height: Height,
+    params: &ChainParams,
+    verifier: &dyn SegmentVerifier,
+    presigned: Presigned<'_>,
+) -> Result<BlockUndo, BlockError> {
     let ids = check_block_body(block, height, params)?;
-    let journal = apply_body(state, &block.txs, &ids, height, params, verifier)?;
+    let journal = apply_body(state, &block.txs, &ids, height, params, verifier, presigned)?;
     let root = match state.root() {
         Ok(root) => root,
         Err(err) => {
@@ -1168,11 +1282,24 @@ pub fn template_state_root(
     params: &ChainParams,
     verifier: &dyn SegmentVerifier,
 ) -> Result<StateRoot, BlockError> {
+    template_state_root_presigned(state, txs, height, params, verifier, Presigned::Nothing)
+}
+
+/// [`template_state_root`] for transactions whose signatures the caller
+/// verified already (a template built from the mempool).
+pub fn template_state_root_presigned(
+    state: &mut State,
+    txs: &[Transaction],
+    height: Height,
+    params: &ChainParams,
+    verifier: &dyn SegmentVerifier,
+    presigned: Presigned<'_>,
+) -> Result<StateRoot, BlockError> {
     let ids = txs
         .iter()
         .map(Transaction::id)
         .collect::<Result<Vec<_>, _>>()?;
-    let journal = apply_body(state, txs, &ids, height, params, verifier)?;
+    let journal = apply_body(state, txs, &ids, height, params, verifier, presigned)?;
     let root = state.root();
     state.rollback(journal);
     Ok(root?)

@@ -41,7 +41,7 @@ fn golden_txs() -> Vec<(&'static str, Transaction)> {
     let k = key(1);
     let to = addr(&key(2));
     let transfer = transfer(&k, 3, to, 1_000, 7);
-    let post = post_job(&k, 4, 5_000, 100);
+    let post = paying(post_job(&k, 4, 5_000, 100), &k, 10);
     let job = JobId::from(post.id().unwrap());
     let leaves = golden_leaves();
     let result = JobResult {
@@ -53,8 +53,16 @@ fn golden_txs() -> Vec<(&'static str, Transaction)> {
             total: 30,
         },
     };
-    let submit = submit_leaves(&key(3), 0, job, result, leaves.clone());
-    let proof = fraud_proof(&key(4), 0, job, segment_claim(&leaves, 3));
+    let submit = paying(
+        submit_leaves(&key(3), 0, job, result, leaves.clone()),
+        &key(3),
+        5,
+    );
+    let proof = paying(
+        fraud_proof(&key(4), 0, job, segment_claim(&leaves, 3)),
+        &key(4),
+        5,
+    );
     let coinbase = Coinbase {
         height: Height(9),
         miner: to,

@@ -101,7 +101,15 @@ impl Builder {
         let keys: Vec<_> = std::iter::once(faucet()).chain((1..=5).map(key)).collect();
         // Fund four keys so that every sender can act.
         let funding: Vec<SignedTx> = (1..=4)
-            .map(|i| transfer(&keys[0], i as u64 - 1, addr(&keys[i]), 20_000_000_000, 1))
+            .map(|i| {
+                transfer(
+                    &keys[0],
+                    i as u64 - 1,
+                    addr(&keys[i]),
+                    20_000_000_000,
+                    TRANSFER_FEE,
+                )
+            })
             .collect();
         chain.mine(funding).unwrap();
         Self {
@@ -133,7 +141,7 @@ impl Builder {
                     nonce,
                     addr(&self.keys[to % self.keys.len()]),
                     amount,
-                    3,
+                    TRANSFER_FEE,
                 ))
             }
             Op::Post {
@@ -382,9 +390,12 @@ fn undo_reverts_settlement_slashing_burning_reopening_and_expiry() {
     assert_eq!(job(1).challenges[0].outcome, ChallengeOutcome::Refuted);
     assert_eq!(job(2).challenges[0].outcome, ChallengeOutcome::Proven);
     let bond = spec().bond.0;
+    // The refuted challenger's bond, the slashed half bond (rounded up),
+    // and the entry charges of four funded accounts and three jobs.
+    let charges = 7 * builder.chain.params.entry_charge.0;
     assert_eq!(
         burned(state),
-        builder.chain.params.fraud_proof_bond.0 + bond - bond / 2
+        builder.chain.params.fraud_proof_bond.0 + bond - bond / 2 + charges
     );
     assert_eq!(state.total_supply(), Some(minted(&builder.chain)));
     snapshots.pop();

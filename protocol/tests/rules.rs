@@ -136,7 +136,13 @@ fn time_too_far_in_the_future_is_rejected() {
 fn bad_merkle_root_is_rejected() {
     let mut chain = TestChain::new();
     let mut block = chain
-        .template(vec![transfer(&faucet(), 0, addr(&key(1)), 100, 1)])
+        .template(vec![transfer(
+            &faucet(),
+            0,
+            addr(&key(1)),
+            100,
+            TRANSFER_FEE,
+        )])
         .unwrap();
     block.header.merkle_root = MerkleRoot([3; 32]);
     TestChain::solve(&mut block);
@@ -152,7 +158,13 @@ fn bad_state_root_is_rejected_and_state_is_unchanged() {
     let mut chain = TestChain::new();
     let before = chain.state.clone();
     let mut block = chain
-        .template(vec![transfer(&faucet(), 0, addr(&key(1)), 100, 1)])
+        .template(vec![transfer(
+            &faucet(),
+            0,
+            addr(&key(1)),
+            100,
+            TRANSFER_FEE,
+        )])
         .unwrap();
     block.header.state_root = StateRoot([9; 32]);
     TestChain::solve(&mut block);
@@ -167,7 +179,7 @@ fn bad_state_root_is_rejected_and_state_is_unchanged() {
 #[test]
 fn bad_signature_is_rejected() {
     let mut chain = TestChain::new();
-    let mut tx = transfer(&faucet(), 0, addr(&key(1)), 100, 1);
+    let mut tx = transfer(&faucet(), 0, addr(&key(1)), 100, TRANSFER_FEE);
     tx.signature.0[5] ^= 1;
     let err = chain.template(vec![tx]).unwrap_err();
     assert!(matches!(
@@ -182,7 +194,7 @@ fn signature_from_another_chain_is_rejected() {
     let tx = protocol::TxBody {
         from: protocol::Address::ZERO,
         nonce: 0,
-        fee: Amount(1),
+        fee: Amount(TRANSFER_FEE),
         kind: protocol::TxKind::Transfer {
             to: addr(&key(1)),
             amount: Amount(100),
@@ -200,7 +212,7 @@ fn signature_from_another_chain_is_rejected() {
 #[test]
 fn invalid_public_key_is_rejected() {
     let mut chain = TestChain::new();
-    let mut tx = transfer(&faucet(), 0, addr(&key(1)), 100, 1);
+    let mut tx = transfer(&faucet(), 0, addr(&key(1)), 100, TRANSFER_FEE);
     // y = 2 is not on the curve.
     let mut bad = [0u8; 32];
     bad[0] = 2;
@@ -215,7 +227,7 @@ fn invalid_public_key_is_rejected() {
 #[test]
 fn replayed_nonce_is_rejected() {
     let mut chain = TestChain::new();
-    let tx = transfer(&faucet(), 0, addr(&key(1)), 100, 1);
+    let tx = transfer(&faucet(), 0, addr(&key(1)), 100, TRANSFER_FEE);
     chain.mine(vec![tx.clone()]).unwrap();
     let err = chain.template(vec![tx]).unwrap_err();
     assert!(matches!(
@@ -232,18 +244,26 @@ fn replayed_nonce_is_rejected() {
 fn insufficient_balance_is_rejected() {
     let mut chain = TestChain::new();
     chain
-        .mine(vec![transfer(&faucet(), 0, addr(&key(1)), 100, 1)])
+        .mine(vec![transfer(
+            &faucet(),
+            0,
+            addr(&key(1)),
+            100,
+            TRANSFER_FEE,
+        )])
         .unwrap();
     let err = chain
-        .template(vec![transfer(&key(1), 0, addr(&key(2)), 100, 1)])
+        .template(vec![transfer(&key(1), 0, addr(&key(2)), 100, TRANSFER_FEE)])
         .unwrap_err();
+    // Amount, fee and the charge for creating key 2's account.
+    let needed = 100 + TRANSFER_FEE + chain.params.entry_charge.0;
     assert!(matches!(
         tx_error(err),
         TxError::InsufficientBalance {
-            needed: Amount(101),
+            needed: Amount(n),
             available: Amount(100),
             ..
-        }
+        } if n == needed
     ));
 }
 
@@ -251,10 +271,16 @@ fn insufficient_balance_is_rejected() {
 fn double_spend_inside_one_block_is_rejected() {
     let mut chain = TestChain::new();
     chain
-        .mine(vec![transfer(&faucet(), 0, addr(&key(1)), 100, 1)])
+        .mine(vec![transfer(
+            &faucet(),
+            0,
+            addr(&key(1)),
+            1_000_000,
+            TRANSFER_FEE,
+        )])
         .unwrap();
     // The same transaction twice.
-    let spend = transfer(&key(1), 0, addr(&key(2)), 90, 1);
+    let spend = transfer(&key(1), 0, addr(&key(2)), 600_000, TRANSFER_FEE);
     let mut block = chain.template(vec![spend.clone()]).unwrap();
     block.txs.push(Transaction::Signed(spend.clone()));
     let ids: Vec<_> = block.txs.iter().map(|t| t.id().unwrap()).collect();
@@ -263,7 +289,7 @@ fn double_spend_inside_one_block_is_rejected() {
     let err = chain.connect(block).unwrap_err();
     assert_eq!(err, BlockError::DuplicateTx(spend.id().unwrap()));
     // Two different spends of the same coins, one nonce.
-    let other = transfer(&key(1), 0, addr(&key(3)), 90, 1);
+    let other = transfer(&key(1), 0, addr(&key(3)), 600_000, TRANSFER_FEE);
     let err = chain.template(vec![spend.clone(), other]).unwrap_err();
     assert!(matches!(&err, BlockError::Tx { index: 2, .. }), "{err}");
     assert!(matches!(
@@ -274,8 +300,9 @@ fn double_spend_inside_one_block_is_rejected() {
             ..
         }
     ));
-    // Two spends in nonce order that together exceed the balance.
-    let second = transfer(&key(1), 1, addr(&key(3)), 9, 1);
+    // Two spends in nonce order that together exceed the balance (each
+    // creating an account: 300,200 needed after the first, 299,800 left).
+    let second = transfer(&key(1), 1, addr(&key(3)), 200_000, TRANSFER_FEE);
     let err = chain.template(vec![spend, second]).unwrap_err();
     assert!(matches!(tx_error(err), TxError::InsufficientBalance { .. }));
 }
@@ -284,9 +311,15 @@ fn double_spend_inside_one_block_is_rejected() {
 fn coinbase_above_subsidy_plus_fees_is_rejected() {
     let mut chain = TestChain::new();
     let mut block = chain
-        .template(vec![transfer(&faucet(), 0, addr(&key(1)), 100, 7)])
+        .template(vec![transfer(
+            &faucet(),
+            0,
+            addr(&key(1)),
+            100,
+            TRANSFER_FEE,
+        )])
         .unwrap();
-    let max = chain.params.subsidy(Height(1)).0 + 7;
+    let max = chain.params.subsidy(Height(1)).0 + TRANSFER_FEE;
     if let Transaction::Coinbase(cb) = &mut block.txs[0] {
         cb.amount = Amount(max + 1);
     }
@@ -323,19 +356,35 @@ fn coinbase_must_come_first_and_only_once() {
 fn bounty_the_poster_cannot_pay_is_rejected() {
     let mut chain = TestChain::new();
     chain
-        .mine(vec![transfer(&faucet(), 0, addr(&key(1)), 500, 1)])
+        .mine(vec![transfer(
+            &faucet(),
+            0,
+            addr(&key(1)),
+            500_000,
+            TRANSFER_FEE,
+        )])
         .unwrap();
+    // One unit more than the balance once the fee and the job's entry
+    // charge are counted.
+    let fee = post_job(&key(1), 0, 1, 10).body.fee;
+    let charge = chain.params.entry_charge;
+    let bounty = 500_000 - fee.0 - charge.0 + 1;
     let err = chain
-        .template(vec![post_job(&key(1), 0, 495, 10)])
+        .template(vec![post_job(&key(1), 0, bounty, 10)])
         .unwrap_err();
     assert_eq!(
         job_error(err),
         JobError::BountyUnaffordable {
-            bounty: Amount(495),
-            fee: Amount(10),
-            balance: Amount(500)
+            bounty: Amount(bounty),
+            fee,
+            charge,
+            balance: Amount(500_000)
         }
     );
+    chain
+        .mine(vec![post_job(&key(1), 0, bounty - 1, 10)])
+        .unwrap();
+    assert_eq!(chain.state.account(&addr(&key(1))).balance, Amount::ZERO);
 }
 
 #[test]
@@ -346,7 +395,7 @@ fn fee_below_minimum_and_zero_transfer_are_rejected() {
         .unwrap_err();
     assert!(matches!(tx_error(err), TxError::FeeTooLow { .. }));
     let err = chain
-        .template(vec![transfer(&faucet(), 0, addr(&key(1)), 0, 1)])
+        .template(vec![transfer(&faucet(), 0, addr(&key(1)), 0, TRANSFER_FEE)])
         .unwrap_err();
     assert_eq!(tx_error(err), TxError::ZeroAmount);
 }
@@ -358,7 +407,7 @@ const EXPIRES_AT: u64 = 10;
 const WORKER_FUNDS: u64 = 50_000;
 const CHALLENGER_FUNDS: u64 = 1_000_000;
 /// The fee of every `submit`, `submit_leaves` and `fraud_proof`.
-const TX_FEE: u64 = 5;
+const TX_FEE: u64 = JOB_TX_FEE;
 
 fn worker() -> SigningKey {
     key(50)
@@ -389,8 +438,29 @@ fn balance(chain: &TestChain, who: &SigningKey) -> u64 {
     chain.state.account(&addr(who)).balance.0
 }
 
+/// What the job contract burned (slashed bonds, refuted challengers'
+/// bonds): the burn address's balance less the entry charges of the
+/// accounts and jobs created so far, which `state_growth.rs` pins on its
+/// own. Every account but the faucet's, the burn address's and the miner's
+/// (credited by coinbases, which pay no charge) was created by a transfer.
 fn burned(chain: &TestChain) -> u64 {
+    let free = [chain.params.faucet, BURN_ADDRESS, chain.miner];
+    let accounts = chain
+        .state
+        .accounts()
+        .filter(|(address, _)| !free.contains(address))
+        .count();
+    let jobs = chain
+        .blocks
+        .iter()
+        .flat_map(|block| &block.txs)
+        .filter(|tx| {
+            matches!(tx, Transaction::Signed(signed)
+                if matches!(signed.body.kind, protocol::TxKind::PostJob { .. }))
+        })
+        .count();
     chain.state.account(&BURN_ADDRESS).balance.0
+        - (accounts + jobs) as u64 * chain.params.entry_charge.0
 }
 
 fn status(chain: &TestChain, job: &JobId) -> JobStatus {
@@ -437,9 +507,21 @@ fn chain_with_job() -> (TestChain, JobId) {
     chain
         .mine(vec![
             post,
-            transfer(&faucet(), 1, addr(&worker()), WORKER_FUNDS, 1),
-            transfer(&faucet(), 2, addr(&second_worker()), WORKER_FUNDS, 1),
-            transfer(&faucet(), 3, addr(&challenger()), CHALLENGER_FUNDS, 1),
+            transfer(&faucet(), 1, addr(&worker()), WORKER_FUNDS, TRANSFER_FEE),
+            transfer(
+                &faucet(),
+                2,
+                addr(&second_worker()),
+                WORKER_FUNDS,
+                TRANSFER_FEE,
+            ),
+            transfer(
+                &faucet(),
+                3,
+                addr(&challenger()),
+                CHALLENGER_FUNDS,
+                TRANSFER_FEE,
+            ),
         ])
         .unwrap();
     (chain, job)
@@ -570,12 +652,24 @@ fn result_whose_worker_cannot_escrow_the_bond_is_rejected() {
     let short = bond() + TX_FEE - 1;
     let nonce = faucet_nonce(&chain);
     chain
-        .mine(vec![transfer(&faucet(), nonce, addr(&broke), short, 1)])
+        .mine(vec![transfer(
+            &faucet(),
+            nonce,
+            addr(&broke),
+            short,
+            TRANSFER_FEE,
+        )])
         .unwrap();
     unaffordable(&mut chain, short);
     let nonce = faucet_nonce(&chain);
     chain
-        .mine(vec![transfer(&faucet(), nonce, addr(&broke), 1, 1)])
+        .mine(vec![transfer(
+            &faucet(),
+            nonce,
+            addr(&broke),
+            1,
+            TRANSFER_FEE,
+        )])
         .unwrap();
     chain.mine(vec![submit(&broke, 0, job)]).unwrap();
     assert_eq!(balance(&chain, &broke), 0);
@@ -692,7 +786,12 @@ fn result_with_the_wrong_number_of_leaves_is_rejected() {
     // More leaves than any job may have: refused by count, before hashing.
     let most = MAX_SEGMENTS as usize + 1;
     let huge = vec![leaves[0]; most + 1];
-    let tx = submit_leaves(&worker(), 0, job, result_for(&spec(), &leaves), huge);
+    // Paying for its size, so that the count is what refuses it.
+    let tx = paying(
+        submit_leaves(&worker(), 0, job, result_for(&spec(), &leaves), huge),
+        &worker(),
+        100_000,
+    );
     assert_eq!(
         check_tx_stateless(&tx, &chain.params).unwrap_err(),
         TxError::Job(JobError::LeafCount {
@@ -1025,8 +1124,14 @@ fn an_odd_bond_burns_the_odd_unit() {
     chain
         .mine(vec![
             post,
-            transfer(&faucet(), 1, addr(&worker()), WORKER_FUNDS, 1),
-            transfer(&faucet(), 2, addr(&challenger()), CHALLENGER_FUNDS, 1),
+            transfer(&faucet(), 1, addr(&worker()), WORKER_FUNDS, TRANSFER_FEE),
+            transfer(
+                &faucet(),
+                2,
+                addr(&challenger()),
+                CHALLENGER_FUNDS,
+                TRANSFER_FEE,
+            ),
         ])
         .unwrap();
     let lazy = lazy_leaves(&job, &addr(&worker()), &odd, 0);
@@ -1174,7 +1279,13 @@ fn fraud_proof_whose_sender_cannot_escrow_the_bond_is_rejected() {
     let funds = proof_bond() + TX_FEE - 1;
     let nonce = faucet_nonce(&chain);
     chain
-        .mine(vec![transfer(&faucet(), nonce, addr(&poor), funds, 1)])
+        .mine(vec![transfer(
+            &faucet(),
+            nonce,
+            addr(&poor),
+            funds,
+            TRANSFER_FEE,
+        )])
         .unwrap();
     let err = chain
         .template(vec![fraud_proof(&poor, 0, job, segment_claim(&lazy, 1))])
@@ -1433,8 +1544,8 @@ fn deferred_replays_judge_a_fraud_proof_as_refuted() {
         ChallengeOutcome::Refuted
     );
     assert_eq!(
-        deferred.account(&BURN_ADDRESS).balance,
-        chain.params.fraud_proof_bond
+        deferred.account(&BURN_ADDRESS).balance.0 - chain.state.account(&BURN_ADDRESS).balance.0,
+        chain.params.fraud_proof_bond.0
     );
     // The same proof, replayed, is proven.
     let replayed = judged(&chain.verifier);
@@ -1611,7 +1722,7 @@ fn block_with_too_many_transactions_is_rejected() {
     chain.params.max_block_txs = 3;
     let to = addr(&key(1));
     let txs: Vec<_> = (0..3)
-        .map(|nonce| transfer(&faucet(), nonce, to, 100, 1))
+        .map(|nonce| transfer(&faucet(), nonce, to, 100, TRANSFER_FEE))
         .collect();
     // A coinbase and three transfers: one over the bound.
     let mut block = chain.template(txs.clone()).unwrap();
@@ -1628,8 +1739,8 @@ fn block_with_too_many_transactions_is_rejected() {
 fn block_over_the_size_limit_is_rejected() {
     let mut chain = TestChain::new();
     let txs = vec![
-        transfer(&faucet(), 0, addr(&key(1)), 100, 1),
-        transfer(&faucet(), 1, addr(&key(2)), 100, 1),
+        transfer(&faucet(), 0, addr(&key(1)), 100, TRANSFER_FEE),
+        transfer(&faucet(), 1, addr(&key(2)), 100, TRANSFER_FEE),
     ];
     let mut block = chain.template(txs).unwrap();
     TestChain::solve(&mut block);

@@ -58,7 +58,7 @@ fn forged_result(
     let mut tx = TxBody {
         from: Address::ZERO,
         nonce: 0,
-        fee: Amount(1),
+        fee: Amount(5_000),
         kind: TxKind::SubmitResult {
             job,
             result,
@@ -67,7 +67,7 @@ fn forged_result(
     }
     .sign(worker, ChainParams::regtest().chain_id)?;
     if break_sig {
-        tx.body.fee = Amount(2);
+        tx.body.fee = Amount(5_001);
     }
     Ok(tx)
 }
@@ -114,7 +114,7 @@ async fn floods_that_cost_nothing_get_no_training() -> anyhow::Result<()> {
     let post = TxBody {
         from: params.faucet,
         nonce: 0,
-        fee: Amount(10),
+        fee: Amount(2_000),
         kind: TxKind::PostJob {
             spec: spec.clone(),
             bounty: Amount(1_000),

@@ -17,7 +17,7 @@ fn forged_tx() -> anyhow::Result<SignedTx> {
     let mut tx = TxBody {
         from: params.faucet,
         nonce: 0,
-        fee: Amount(5),
+        fee: Amount(500),
         kind: TxKind::Transfer {
             to: Address([0x99; 32]),
             amount: Amount(1),
@@ -25,7 +25,7 @@ fn forged_tx() -> anyhow::Result<SignedTx> {
     }
     .sign(&faucet_key(), params.chain_id)?;
     // Changing the signed body breaks the signature.
-    tx.body.fee = Amount(6);
+    tx.body.fee = Amount(501);
     Ok(tx)
 }
 

@@ -56,7 +56,7 @@ async fn the_side_with_more_work_wins_after_a_partition_heals() -> anyhow::Resul
     let tx = TxBody {
         from: params.faucet,
         nonce: 0,
-        fee: Amount(9),
+        fee: Amount(500),
         kind: TxKind::Transfer {
             to: recipient,
             amount: Amount(1_000),

@@ -48,7 +48,7 @@ async fn an_http_transfer_is_gossiped_mined_and_visible_everywhere() -> anyhow::
     let tx = TxBody {
         from: params.faucet,
         nonce,
-        fee: Amount(25),
+        fee: Amount(500),
         kind: TxKind::Transfer {
             to: recipient,
             amount: Amount(4_242),

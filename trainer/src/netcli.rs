@@ -97,9 +97,10 @@ pub struct JobPostArgs {
     /// [default: the chain's minimum].
     #[arg(long)]
     challenge_window: Option<u32>,
-    /// Fee in base units.
-    #[arg(long, default_value_t = 1)]
-    fee: u64,
+    /// Fee in base units [default: the chain's minimum for the
+    /// transaction's size].
+    #[arg(long)]
+    fee: Option<u64>,
     /// Blocks until the job expires.
     #[arg(long, default_value_t = 1000)]
     expires_in: u64,
@@ -129,9 +130,10 @@ pub struct WorkArgs {
     /// Stop after submitting one result.
     #[arg(long)]
     once: bool,
-    /// Fee in base units.
-    #[arg(long, default_value_t = 1)]
-    fee: u64,
+    /// Fee in base units [default: the chain's minimum for the
+    /// transaction's size].
+    #[arg(long)]
+    fee: Option<u64>,
     /// Give up after this many seconds without reaching the node.
     #[arg(long, default_value_t = 60)]
     unreachable_secs: u64,
@@ -207,10 +209,22 @@ fn parse_hidden(text: &str) -> anyhow::Result<Vec<u32>> {
 
 /// The chain id transactions sign over, and the nonce `from`'s next
 /// transaction carries (counting those waiting in the mempool).
-fn chain_and_nonce(client: &NodeClient, from: &Address) -> anyhow::Result<(u32, u64)> {
-    let chain_id = client.status()?.chain_id;
+fn chain_and_nonce(client: &NodeClient, from: &Address) -> anyhow::Result<(u32, u64, Amount)> {
+    let status = client.status()?;
     let nonce = client.address(from)?.next_nonce;
-    Ok((chain_id, nonce))
+    Ok((status.chain_id, nonce, Amount(status.min_fee_rate)))
+}
+
+/// `body` with `fee` when given, else with the least fee the chain takes
+/// for its size at `rate` a byte.
+fn with_fee(mut body: TxBody, fee: Option<u64>, rate: Amount) -> anyhow::Result<TxBody> {
+    body.fee = match fee {
+        Some(fee) => Amount(fee),
+        None => body
+            .min_fee_at(rate)?
+            .ok_or_else(|| anyhow!("the chain's fee rate {rate} overflows a fee"))?,
+    };
+    Ok(body)
 }
 
 /// `job post`.
@@ -275,17 +289,17 @@ pub fn job_post(args: JobPostArgs) -> anyhow::Result<()> {
         .height
         .checked_add(args.expires_in)
         .ok_or_else(|| anyhow!("--expires-in {} overflows the height", args.expires_in))?;
-    let tx = TxBody {
+    let body = TxBody {
         from,
         nonce,
-        fee: Amount(args.fee),
+        fee: Amount::ZERO,
         kind: TxKind::PostJob {
             spec,
             bounty: Amount(args.bounty),
             expires_at: Height(expires_at),
         },
-    }
-    .sign(&key, status.chain_id)?;
+    };
+    let tx = with_fee(body, args.fee, Amount(status.min_fee_rate))?.sign(&key, status.chain_id)?;
     let id = client.submit_tx(&tx)?;
     let job = JobId::from(id);
     tracing::info!(%job, dataset = %digest, bounty = args.bounty, "job posted");
@@ -410,18 +424,18 @@ fn work_one(
             .context("storing the weights on the node")?;
         tracing::info!(%job, file = %file, weights = %result.weights, "weights uploaded");
     }
-    let (chain_id, nonce) = chain_and_nonce(client, &worker)?;
-    let tx = TxBody {
+    let (chain_id, nonce, rate) = chain_and_nonce(client, &worker)?;
+    let body = TxBody {
         from: worker,
         nonce,
-        fee: Amount(args.fee),
+        fee: Amount::ZERO,
         kind: TxKind::SubmitResult {
             job,
             result,
             leaves,
         },
-    }
-    .sign(key, chain_id)?;
+    };
+    let tx = with_fee(body, args.fee, rate)?.sign(key, chain_id)?;
     let id = client.submit_tx(&tx)?;
     tracing::info!(%job, tx = %id, "result submitted");
     println!("{id}");

@@ -31,7 +31,7 @@ use crate::blobs::{BlobError, Uploader};
 use crate::metrics::{gauge_value, label, work_f64};
 use crate::net::handlers::{submit_from_client, SubmitError};
 use crate::observe::{unix_seconds, Event, HASHRATE_SAMPLE_SECS};
-use crate::service::{activity_height, JobCursor, JobOrder, JobStatusKind};
+use crate::service::{activity_height, JobCursor, JobOrder, JobStatusKind, TxFound};
 
 /// The dashboard page, embedded so the node serves it offline.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -83,6 +83,8 @@ fn status_view(state: &HttpState) -> StatusView {
         peers: u32::try_from(ctx.network.peer_count()).unwrap_or(u32::MAX),
         mempool: u32::try_from(tip.mempool).unwrap_or(u32::MAX),
         mempool_bytes: u64::try_from(tip.mempool_bytes).unwrap_or(u64::MAX),
+        min_fee_rate: ctx.params.min_fee_rate.0,
+        entry_charge: ctx.params.entry_charge.0,
         mining: ctx.miner.mining.load(Ordering::Relaxed),
         hashrate: ctx.miner.hashrate.load(Ordering::Relaxed),
         peer_id: ctx.peer_id.to_string(),
@@ -387,13 +389,26 @@ pub(super) async fn jobs(
 
 async fn find_job(state: &HttpState, id: &str) -> Answer<(JobId, protocol::JobRecord)> {
     let id = parse_hex32(id, "job id", JobId)?;
-    let job = state
-        .ctx
-        .chain
-        .job(id)
-        .await?
-        .ok_or_else(|| Failure::not_found(format!("no job {id}")))?;
-    Ok((id, job))
+    if let Some(job) = state.ctx.chain.job(id).await? {
+        return Ok((id, job));
+    }
+    // A job's id is its post's transaction id: a post on the main chain
+    // whose job is gone settled and was pruned from the live state.
+    let posted = match state.ctx.chain.transaction(TxId(id.0)).await? {
+        Some(TxFound {
+            tx: protocol::Transaction::Signed(signed),
+            block: Some((_, height)),
+        }) if matches!(signed.body.kind, protocol::TxKind::PostJob { .. }) => Some(height),
+        _ => None,
+    };
+    Err(Failure::not_found(match posted {
+        Some(height) => format!(
+            "job {id} (posted at height {height}) settled and was pruned from the live state \
+             {} blocks later; its history is in the blocks (GET /api/tx/{id})",
+            state.ctx.params.job_retention
+        ),
+        None => format!("no job {id}"),
+    }))
 }
 
 pub(super) async fn job(

@@ -67,6 +67,11 @@ pub fn auditing(fraction: f64, key: &SigningKey) -> AuditConfig {
     }
 }
 
+/// The fee these tests pay: over the regtest minimum (1 a byte) for any of
+/// their transactions (results and proofs of a 64-segment job run to a few
+/// KB).
+pub const FEE: u64 = 10_000;
+
 pub fn sign(key: &SigningKey, nonce: u64, fee: u64, kind: TxKind) -> anyhow::Result<SignedTx> {
     Ok(TxBody {
         from: Address::ZERO,
@@ -81,7 +86,7 @@ pub fn post(nonce: u64, spec: &JobSpec, bounty: u64, expires_at: u64) -> anyhow:
     sign(
         &faucet_key(),
         nonce,
-        10,
+        FEE,
         TxKind::PostJob {
             spec: spec.clone(),
             bounty: Amount(bounty),
@@ -143,7 +148,7 @@ impl Claim {
         sign(
             worker,
             nonce,
-            1,
+            FEE,
             TxKind::SubmitResult {
                 job,
                 result: self.result,

@@ -218,6 +218,13 @@ impl SegmentVerifier for FakeVerifier {
     }
 }
 
+/// The fee of every `submit`, `submit_leaves` and `fraud_proof`: over the
+/// regtest minimum (1 a byte) for the largest of them in these tests.
+pub const JOB_TX_FEE: u64 = 5_000;
+
+/// A fee over the regtest minimum for a transfer (about 156 bytes).
+pub const TRANSFER_FEE: u64 = 200;
+
 pub fn transfer(from: &SigningKey, nonce: u64, to: Address, amount: u64, fee: u64) -> SignedTx {
     TxBody {
         from: Address::ZERO,
@@ -236,6 +243,13 @@ pub fn post_job(from: &SigningKey, nonce: u64, bounty: u64, expires_at: u64) -> 
     post_job_with(from, nonce, spec(), bounty, expires_at)
 }
 
+/// `tx` re-signed by `key` paying exactly `fee`, for tests that pin bytes.
+pub fn paying(tx: SignedTx, key: &SigningKey, fee: u64) -> SignedTx {
+    let mut body = tx.body;
+    body.fee = Amount(fee);
+    body.sign(key, ChainParams::regtest().chain_id).unwrap()
+}
+
 /// A `PostJob` for `spec`, which need not be valid.
 pub fn post_job_with(
     from: &SigningKey,
@@ -244,18 +258,22 @@ pub fn post_job_with(
     bounty: u64,
     expires_at: u64,
 ) -> SignedTx {
-    TxBody {
+    let mut body = TxBody {
         from: Address::ZERO,
         nonce,
-        fee: Amount(10),
+        fee: Amount::ZERO,
         kind: TxKind::PostJob {
             spec,
             bounty: Amount(bounty),
             expires_at: Height(expires_at),
         },
-    }
-    .sign(from, ChainParams::regtest().chain_id)
-    .unwrap()
+    };
+    // The least fee for its size: tests that price jobs read it back.
+    body.fee = body
+        .min_fee_at(ChainParams::regtest().min_fee_rate)
+        .unwrap()
+        .unwrap();
+    body.sign(from, ChainParams::regtest().chain_id).unwrap()
 }
 
 /// An honest worker's `SubmitResult`.
@@ -275,7 +293,7 @@ pub fn submit_leaves(
     TxBody {
         from: Address::ZERO,
         nonce,
-        fee: Amount(5),
+        fee: Amount(JOB_TX_FEE),
         kind: TxKind::SubmitResult {
             job,
             result,
@@ -291,7 +309,7 @@ pub fn fraud_proof(from: &SigningKey, nonce: u64, job: JobId, claim: FraudClaim)
     TxBody {
         from: Address::ZERO,
         nonce,
-        fee: Amount(5),
+        fee: Amount(JOB_TX_FEE),
         kind: TxKind::FraudProof { job, claim },
     }
     .sign(from, ChainParams::regtest().chain_id)
