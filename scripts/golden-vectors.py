@@ -27,9 +27,15 @@ Hashes:
   * transaction merkle root: leaf = sha256d(0x00 || txid), inner node =
     sha256d(0x01 || left || right), an odd last node is promoted unchanged
     to the next level, and an empty list has the root sha256d(0x02);
-  * state root: sha256(b"gradchain/state/v2" || u64 account count ||
-    for each account in address order: address || balance u64 || nonce u64
-    || u64 job count || for each job in id order: id || encode(JobRecord));
+  * state root: the root of a binary Merkle tree over 256-bit keys (bits
+    most significant first). An account is the leaf with key
+    sha256(b"gradchain/state/account/" || address) and value
+    sha256(balance u64 || nonce u64); a job the leaf with key
+    sha256(b"gradchain/state/job/" || id) and value sha256(encode(JobRecord)).
+    An empty subtree hashes to 32 zero bytes; a subtree holding one leaf
+    hashes to sha256(0x00 || key || value) at any depth; a subtree holding
+    two or more is sha256(0x01 || left || right), its halves split on the
+    next key bit;
   * segments root: leaf j = sha256(b"gradchain/segment-leaf/v1" || j (u32)
     || state digest || loss bits (u32)), inner node =
     sha256(b"gradchain/segment-node/v1" || left || right), odd last node
@@ -245,16 +251,29 @@ def segments_root(leaves):
     return level[0]
 
 
+def tree_root(leaves, depth=0):
+    """`leaves`: a list of (key as a 256-bit integer, key bytes, value)."""
+    if not leaves:
+        return bytes(32)
+    if len(leaves) == 1:
+        _, key, value = leaves[0]
+        return sha256(b"\x00" + key + value)
+    bit = 255 - depth
+    left = [leaf for leaf in leaves if not (leaf[0] >> bit) & 1]
+    right = [leaf for leaf in leaves if (leaf[0] >> bit) & 1]
+    return sha256(b"\x01" + tree_root(left, depth + 1) + tree_root(right, depth + 1))
+
+
 def state_root(accounts, jobs):
     """`accounts`: {address: (balance, nonce)}; `jobs`: {id: encoded JobRecord}."""
-    data = b"gradchain/state/v2" + u64(len(accounts))
-    for address in sorted(accounts):
-        balance, nonce = accounts[address]
-        data += address + u64(balance) + u64(nonce)
-    data += u64(len(jobs))
-    for job_id in sorted(jobs):
-        data += job_id + jobs[job_id]
-    return sha256(data)
+    leaves = []
+    for address, (balance, nonce) in accounts.items():
+        key = sha256(b"gradchain/state/account/" + address)
+        leaves.append((int.from_bytes(key, "big"), key, sha256(u64(balance) + u64(nonce))))
+    for job_id, encoded in jobs.items():
+        key = sha256(b"gradchain/state/job/" + job_id)
+        leaves.append((int.from_bytes(key, "big"), key, sha256(encoded)))
+    return tree_root(leaves)
 
 
 def worker_seed(job, worker, base_seed):

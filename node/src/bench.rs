@@ -725,3 +725,135 @@ async fn wait_for_height(
     .map_err(|_| BenchError::Other("the chain task stopped".into()))?;
     Ok(())
 }
+
+/// One state size in [`bench_connect`].
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectRow {
+    /// Accounts in the state.
+    pub accounts: usize,
+    /// Median seconds to validate and apply the block (every signature,
+    /// one thread, the state root included).
+    pub connect_seconds: f64,
+    /// Median seconds of the state root alone after the block's changes.
+    pub root_seconds: f64,
+    /// Seconds to compute the same root from every entry, caching nothing:
+    /// what the root cost on every block before the state tree.
+    pub from_scratch_seconds: f64,
+}
+
+/// Times connecting a block of `txs` transfers (between existing accounts,
+/// the faucet paying) on states of each size in `sizes`: the median of
+/// `rounds` applications, each undone before the next.
+pub fn bench_connect(
+    sizes: &[usize],
+    txs: usize,
+    rounds: usize,
+) -> Result<Vec<ConnectRow>, BenchError> {
+    use protocol::validation::{apply_block, template_state_root, undo_block};
+    use protocol::{Account, Amount, Coinbase, Height, Transaction, TxBody, TxKind};
+    let params = protocol::ChainParams::regtest();
+    let key = protocol::params::faucet_key();
+    let verifier = crate::chain::NoTrainingEngine;
+    let other = |i: usize| protocol::Address(sha256d(&i.to_le_bytes()));
+    let mut rows = Vec::new();
+    for &size in sizes {
+        let size = size.max(1);
+        let mut entries: Vec<(protocol::Address, Account)> = (0..size)
+            .map(|i| {
+                (
+                    other(i),
+                    Account {
+                        balance: Amount(1),
+                        nonce: 0,
+                    },
+                )
+            })
+            .collect();
+        entries.push((
+            params.faucet,
+            Account {
+                balance: params.faucet_premine,
+                nonce: 0,
+            },
+        ));
+        let mut state = protocol::State::from_entries(entries, []);
+        state.root()?;
+        let start = Instant::now();
+        state.root_from_scratch()?;
+        let from_scratch_seconds = start.elapsed().as_secs_f64();
+        let mut all = vec![Transaction::Coinbase(Coinbase {
+            height: Height(1),
+            miner: params.faucet,
+            amount: Amount::ZERO,
+        })];
+        let mut fees = Amount::ZERO;
+        for nonce in 0..txs {
+            let mut body = TxBody {
+                from: params.faucet,
+                nonce: u64::try_from(nonce).unwrap_or(u64::MAX),
+                fee: Amount::ZERO,
+                kind: TxKind::Transfer {
+                    to: other(nonce.wrapping_mul(7919).checked_rem(size).unwrap_or(0)),
+                    amount: Amount(1),
+                },
+            };
+            body.fee = body
+                .min_fee_at(params.min_fee_rate)?
+                .ok_or_else(|| BenchError::Other("fee overflow".into()))?;
+            fees = fees
+                .checked_add(body.fee)
+                .ok_or_else(|| BenchError::Other("fee overflow".into()))?;
+            all.push(Transaction::Signed(body.sign(&key, params.chain_id)?));
+        }
+        if let Some(Transaction::Coinbase(coinbase)) = all.first_mut() {
+            coinbase.amount = params
+                .subsidy(Height(1))
+                .checked_add(fees)
+                .ok_or_else(|| BenchError::Other("fee overflow".into()))?;
+        }
+        let state_root = template_state_root(&mut state, &all, Height(1), &params, &verifier)
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+        let ids = all
+            .iter()
+            .map(Transaction::id)
+            .collect::<Result<Vec<_>, _>>()?;
+        let genesis = params.genesis_block()?;
+        let block = protocol::Block {
+            header: Header {
+                prev: genesis.hash(),
+                merkle_root: protocol::merkle_root(&ids),
+                state_root,
+                ..genesis.header
+            },
+            txs: all,
+        };
+        let mut connect = Vec::with_capacity(rounds);
+        let mut roots = Vec::with_capacity(rounds);
+        for _ in 0..rounds.max(1) {
+            let start = Instant::now();
+            let undo = apply_block(&mut state, &block, Height(1), &params, &verifier)
+                .map_err(|e| BenchError::Other(e.to_string()))?;
+            connect.push(start.elapsed().as_secs_f64());
+            // The root alone, over the same changes: undo, redo the
+            // entries, time the root.
+            undo_block(&mut state, &undo);
+            let mut journal = protocol::state::Journal::default();
+            for (address, _) in &undo.accounts {
+                let mut account = state.account(address);
+                account.nonce = account.nonce.wrapping_add(1);
+                state.set_account(&mut journal, *address, account);
+            }
+            let start = Instant::now();
+            state.root()?;
+            roots.push(start.elapsed().as_secs_f64());
+            state.rollback(journal);
+        }
+        rows.push(ConnectRow {
+            accounts: size,
+            connect_seconds: percentile(&connect, 50.0),
+            root_seconds: percentile(&roots, 50.0),
+            from_scratch_seconds,
+        });
+    }
+    Ok(rows)
+}

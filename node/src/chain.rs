@@ -1152,11 +1152,15 @@ impl Chain {
             .block(&hash)?
             .ok_or_else(|| StoreError::Missing(format!("block {hash}")))?;
         let undo = self.store.undo(&hash)?;
-        let mut rolled = self.state.clone();
-        undo_block(&mut rolled, &undo);
-        let delta = StateDelta::after(&rolled, &undo);
-        self.store.disconnect(&block, &hash, height, &delta)?;
-        self.state = rolled;
+        // In place, touching only the block's entries; if the store cannot
+        // commit, the same entries are written back.
+        let redo = self.state.redo_for(&undo);
+        undo_block(&mut self.state, &undo);
+        let delta = StateDelta::after(&self.state, &undo);
+        if let Err(err) = self.store.disconnect(&block, &hash, height, &delta) {
+            undo_block(&mut self.state, &redo);
+            return Err(err.into());
+        }
         self.main.pop();
         self.note(ChainNote::Disconnected { height, hash });
         Ok(block)

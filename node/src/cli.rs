@@ -110,6 +110,19 @@ enum BenchKind {
         #[arg(long, default_value_t = 6000)]
         txs_per_block: usize,
     },
+    /// Connecting a block of transfers on a small and a large state: the
+    /// state tree makes the cost independent of the state's size.
+    Connect {
+        /// State sizes (accounts), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,1000000")]
+        accounts: Vec<usize>,
+        /// Transfers in the block.
+        #[arg(long, default_value_t = 200)]
+        txs: usize,
+        /// Applications timed per size (the median is printed).
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
     /// HTTP API latency (p50, p99) under concurrent clients, next to the
     /// same questions put to the chain task directly.
     Http {
@@ -432,6 +445,40 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 percentile(&r.block, 0.5) * 1e3,
                 percentile(&r.block, 0.99) * 1e3
             );
+            Ok(())
+        }
+        Command::Bench {
+            which:
+                BenchKind::Connect {
+                    accounts,
+                    txs,
+                    rounds,
+                },
+        } => {
+            if accounts.is_empty() || txs == 0 {
+                bail!("--accounts and --txs must name at least one account and one transfer");
+            }
+            let rows = crate::bench::bench_connect(&accounts, txs, rounds)?;
+            println!("block of {txs} transfers, median of {rounds} applications");
+            for row in &rows {
+                println!(
+                    "accounts {:>9}  connect {:>8.3} ms  state root {:>7.3} ms  root from scratch {:>9.1} ms",
+                    row.accounts,
+                    row.connect_seconds * 1e3,
+                    row.root_seconds * 1e3,
+                    row.from_scratch_seconds * 1e3
+                );
+            }
+            if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+                println!(
+                    "ratio {} / {} accounts: connect {:.2}  state root {:.2}  from scratch {:.0}",
+                    last.accounts,
+                    first.accounts,
+                    last.connect_seconds / first.connect_seconds,
+                    last.root_seconds / first.root_seconds,
+                    last.from_scratch_seconds / first.from_scratch_seconds
+                );
+            }
             Ok(())
         }
         Command::Bench {

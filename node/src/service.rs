@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use protocol::api::{BalanceInfo, BlockInfo, BlockRef};
-use protocol::{Address, Block, BlockHash, Header, Height, JobId, JobRecord, SignedTx, TxId};
+use protocol::state::AccountProof;
+use protocol::{
+    Address, Block, BlockHash, Header, Height, JobId, JobRecord, SignedTx, StateRoot, TxId,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::chain::{BlockOutcome, BlockTemplate, Chain, ChainError, ChainNote, TipSnapshot};
@@ -81,6 +84,10 @@ enum Command {
     Balance {
         address: Address,
         reply: oneshot::Sender<BalanceInfo>,
+    },
+    AccountProof {
+        address: Address,
+        reply: oneshot::Sender<(AccountProof, BlockHash, Height, StateRoot)>,
     },
     Job {
         id: JobId,
@@ -409,6 +416,17 @@ fn run_chain(
                     account: chain.state().account(&address),
                     next_nonce: chain.next_nonce(&address),
                 });
+            }
+            Command::AccountProof { address, reply } => {
+                // The tip's state is the state under the tip header's root.
+                let state = chain.state();
+                let root = state.root().unwrap_or_default();
+                let _ = reply.send((
+                    state.account_proof(&address),
+                    chain.tip(),
+                    chain.height(),
+                    root,
+                ));
             }
             Command::Job { id, reply } => {
                 let _ = reply.send(chain.state().job(&id).cloned());
@@ -1026,6 +1044,16 @@ impl ChainHandle {
     /// An account at the tip.
     pub async fn balance(&self, address: Address) -> Result<BalanceInfo, ServiceError> {
         self.call(|reply| Command::Balance { address, reply }).await
+    }
+
+    /// A Merkle proof of `address`'s account under the tip's state root,
+    /// with the tip, its height and that root.
+    pub async fn account_proof(
+        &self,
+        address: Address,
+    ) -> Result<(AccountProof, BlockHash, Height, StateRoot), ServiceError> {
+        self.call(|reply| Command::AccountProof { address, reply })
+            .await
     }
 
     /// A job by id.

@@ -280,6 +280,41 @@ async fn every_route_answers_good_and_bad_requests() {
         assert!(account["balance"].as_u64().expect("balance") > 0);
         assert_eq!(account["next_nonce"], 2, "two transfers wait or are mined");
         get(http, "/api/address/xyz").error(400, "bad_request", "address");
+        // A state proof, checked as a light client would: against the state
+        // root of the header of the block it names, fetched raw.
+        let proven = get(http, &format!("/api/address/{faucet}?proof")).json();
+        let view: protocol::api::ProofView =
+            serde_json::from_value(proven["proof"].clone()).expect("proof view");
+        let raw = get(http, &format!("/api/block/{}/raw", view.tip));
+        let block: protocol::Block = codec::decode(&raw.body).expect("raw block decodes");
+        let root = block.header.state_root;
+        let (balance, nonce) = (
+            proven["balance"].as_u64().expect("balance"),
+            proven["nonce"].as_u64().expect("nonce"),
+        );
+        let faucet_address = address(&faucet_key());
+        assert!(view.exists);
+        assert!(
+            view.verify(&root, faucet_address, balance, nonce),
+            "the proof verifies"
+        );
+        assert!(
+            !view.verify(&root, faucet_address, balance + 1, nonce),
+            "a tampered balance"
+        );
+        let nobody = protocol::Address([0x5a; 32]);
+        let absent = get(http, &format!("/api/address/{nobody}?proof=true")).json();
+        let absent_view: protocol::api::ProofView =
+            serde_json::from_value(absent["proof"].clone()).expect("proof view");
+        assert!(!absent_view.exists);
+        let raw = get(http, &format!("/api/block/{}/raw", absent_view.tip));
+        let block: protocol::Block = codec::decode(&raw.body).expect("raw block decodes");
+        assert!(
+            absent_view.verify(&block.header.state_root, nobody, 0, 0),
+            "absent"
+        );
+        assert!(account.get("proof").is_none(), "no proof unless asked");
+        get(http, &format!("/api/address/{faucet}?proof=maybe")).error(400, "bad_request", "proof");
         let peers = get(http, "/api/peers").json();
         assert_eq!(peers["peers"].as_array().map(Vec::len), Some(0));
 

@@ -13,9 +13,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::block::Block;
-use crate::state::{Account, ChallengeOutcome, JobRecord, JobStatus};
+use crate::state::{Account, AccountProof, ChallengeOutcome, JobRecord, JobStatus};
+use crate::tree;
 use crate::tx::{FraudClaim, Transaction, TxKind};
-use crate::types::{Address, BlockHash, Height, JobId};
+use crate::types::{Address, BlockHash, Height, JobId, StateRoot};
 use crate::TestMetric;
 
 /// Most input rows in one `POST /api/jobs/{id}/predict`.
@@ -403,6 +404,90 @@ pub struct AddressView {
     /// The nonce the next transaction should carry, counting the address's
     /// transactions waiting in the mempool.
     pub next_nonce: u64,
+    /// With `?proof`: a Merkle proof of the account (balance and nonce as
+    /// above) under the state root of the tip's header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<ProofView>,
+}
+
+/// A state proof as `GET /api/address/{address}?proof` gives it: a light
+/// client fetches the header of `tip` (which it checks by its proof of
+/// work and chain), and checks the proof against that header's state root
+/// with [`ProofView::verify`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofView {
+    /// The block whose header's state root the proof is under.
+    pub tip: String,
+    /// Its height.
+    pub height: u64,
+    /// That state root.
+    pub state_root: String,
+    /// Whether the address has an account (absent: balance and nonce 0).
+    pub exists: bool,
+    /// Sibling hashes from the root down, hex.
+    pub siblings: Vec<String>,
+    /// The leaf at the end of the path (hex key and value), when there is
+    /// one: the account's own, or another key's when it is absent.
+    pub leaf: Option<(String, String)>,
+}
+
+impl ProofView {
+    /// The view of `proof` under the state root of block `tip` at `height`.
+    pub fn new(proof: &AccountProof, tip: BlockHash, height: Height, root: StateRoot) -> Self {
+        Self {
+            tip: tip.to_string(),
+            height: height.0,
+            state_root: root.to_string(),
+            exists: proof.account.is_some(),
+            siblings: proof.proof.siblings.iter().map(hex::encode).collect(),
+            leaf: proof
+                .proof
+                .leaf
+                .as_ref()
+                .map(|(key, value)| (hex::encode(key), hex::encode(value))),
+        }
+    }
+
+    /// The proof for `address` holding `balance` and `nonce` (as the
+    /// address view states them), or why the view is malformed.
+    pub fn account_proof(
+        &self,
+        address: Address,
+        balance: u64,
+        nonce: u64,
+    ) -> Result<AccountProof, String> {
+        fn hash(text: &str) -> Result<tree::Hash, String> {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(text, &mut out)
+                .map_err(|_| format!("{text:?} is not 64 hex characters"))?;
+            Ok(out)
+        }
+        Ok(AccountProof {
+            address,
+            account: self.exists.then_some(Account {
+                balance: crate::types::Amount(balance),
+                nonce,
+            }),
+            proof: tree::Proof {
+                siblings: self
+                    .siblings
+                    .iter()
+                    .map(|s| hash(s))
+                    .collect::<Result<_, _>>()?,
+                leaf: match &self.leaf {
+                    Some((key, value)) => Some((hash(key)?, hash(value)?)),
+                    None => None,
+                },
+            },
+        })
+    }
+
+    /// Whether the proof shows `address` holding `balance` and `nonce`
+    /// under `root` (a header's state root the client trusts).
+    pub fn verify(&self, root: &StateRoot, address: Address, balance: u64, nonce: u64) -> bool {
+        self.account_proof(address, balance, nonce)
+            .is_ok_and(|proof| proof.verify(root))
+    }
 }
 
 /// `GET /api/mempool`.

@@ -26,6 +26,7 @@ pub mod params;
 pub mod pow;
 pub mod segments;
 pub mod state;
+pub mod tree;
 pub mod tx;
 pub mod types;
 pub mod validation;

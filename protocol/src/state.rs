@@ -4,16 +4,17 @@
 //! Every mutation goes through [`State::set_account`] or [`State::set_job`],
 //! which record the entry's value before its first change in a block into a
 //! [`BlockUndo`]. Undoing a block writes those values back, so a reorg
-//! restores the state, and therefore the state root, exactly. Maps are
-//! `BTreeMap`s: the root hashes entries in key order.
+//! restores the state, and therefore the state root, exactly. Every entry is
+//! also a leaf of the state tree ([`crate::tree`]), updated with the entry,
+//! so the root costs the paths of what changed, not a pass over the state.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::codec::{self, CodecError};
 use crate::job::{JobResult, JobSpec};
+use crate::tree::{self, StateTree};
 use crate::types::{Address, Amount, Height, JobId, StateRoot, TxId};
 
 /// An account: balance and the count of transactions it has sent.
@@ -189,7 +190,7 @@ impl Journal {
 }
 
 /// All balances, nonces and jobs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct State {
     accounts: BTreeMap<Address, Account>,
     jobs: BTreeMap<JobId, JobRecord>,
@@ -199,6 +200,65 @@ pub struct State {
     settling: BTreeSet<(Height, JobId)>,
     /// Settled jobs by the height they settled at, derived from `jobs`.
     settled: BTreeSet<(Height, JobId)>,
+    /// The commitment over `accounts` and `jobs`, derived from them.
+    tree: StateTree,
+}
+
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        // Everything else is derived from the entries.
+        self.accounts == other.accounts && self.jobs == other.jobs
+    }
+}
+
+impl Eq for State {}
+
+/// The tree key of an account.
+pub fn account_key(address: &Address) -> tree::Key {
+    crate::hash::sha256_parts(&[b"gradchain/state/account/", address.as_bytes()])
+}
+
+/// The tree key of a job.
+pub fn job_key(id: &JobId) -> tree::Key {
+    crate::hash::sha256_parts(&[b"gradchain/state/job/", id.as_bytes()])
+}
+
+/// The tree value of an account: the hash of its canonical encoding.
+pub fn account_value(account: &Account) -> Result<tree::Hash, CodecError> {
+    Ok(crate::hash::sha256(&codec::encode(account)?))
+}
+
+/// The tree value of a job: the hash of its canonical encoding.
+pub fn job_value(job: &JobRecord) -> Result<tree::Hash, CodecError> {
+    Ok(crate::hash::sha256(&codec::encode(job)?))
+}
+
+/// A proof that an account holds a value, or does not exist, under a state
+/// root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountProof {
+    /// The account's address.
+    pub address: Address,
+    /// Its entry; `None` when it has none.
+    pub account: Option<Account>,
+    /// The path in the state tree.
+    pub proof: tree::Proof,
+}
+
+impl AccountProof {
+    /// Whether the proof shows `self.account` at `self.address` under
+    /// `root`, as a light client checks it against a header.
+    pub fn verify(&self, root: &StateRoot) -> bool {
+        let value = match &self.account {
+            Some(account) => match account_value(account) {
+                Ok(value) => Some(value),
+                Err(_) => return false,
+            },
+            None => None,
+        };
+        self.proof
+            .verify(&root.0, &account_key(&self.address), value.as_ref())
+    }
 }
 
 impl State {
@@ -207,10 +267,10 @@ impl State {
         accounts: impl IntoIterator<Item = (Address, Account)>,
         jobs: impl IntoIterator<Item = (JobId, JobRecord)>,
     ) -> Self {
-        let mut state = Self {
-            accounts: accounts.into_iter().collect(),
-            ..Self::default()
-        };
+        let mut state = Self::default();
+        for (address, account) in accounts {
+            state.put_account(address, Some(account));
+        }
         for (id, job) in jobs {
             state.put_job(id, Some(job));
         }
@@ -296,40 +356,44 @@ impl State {
             .try_fold(balances, |sum, job| sum.checked_add(job.escrowed()?))
     }
 
-    /// The state root: SHA-256 over a domain tag and every account and job
-    /// entry, canonically encoded, in key order.
+    /// The state root: the root of the state tree ([`crate::tree`]) whose
+    /// leaves are every account and job, keyed by [`account_key`] and
+    /// [`job_key`], valued by [`account_value`] and [`job_value`]. Costs the
+    /// paths of the entries changed since the last root.
     pub fn root(&self) -> Result<StateRoot, CodecError> {
-        let mut hasher = Sha256::new();
-        hasher.update(b"gradchain/state/v2");
-        hasher.update(
-            u64::try_from(self.accounts.len())
-                .unwrap_or(u64::MAX)
-                .to_le_bytes(),
-        );
+        Ok(StateRoot(self.tree.root()))
+    }
+
+    /// The state root computed from every entry, caching nothing: what
+    /// [`State::root`] must always equal.
+    pub fn root_from_scratch(&self) -> Result<StateRoot, CodecError> {
+        let mut tree = StateTree::default();
         for (address, account) in &self.accounts {
-            hasher.update(address.as_bytes());
-            hasher.update(account.balance.0.to_le_bytes());
-            hasher.update(account.nonce.to_le_bytes());
+            tree.set(account_key(address), Some(account_value(account)?));
         }
-        hasher.update(
-            u64::try_from(self.jobs.len())
-                .unwrap_or(u64::MAX)
-                .to_le_bytes(),
-        );
         for (id, job) in &self.jobs {
-            hasher.update(id.as_bytes());
-            hasher.update(codec::encode(job)?);
+            tree.set(job_key(id), Some(job_value(job)?));
         }
-        Ok(StateRoot(hasher.finalize().into()))
+        Ok(StateRoot(tree.root_from_scratch()))
+    }
+
+    /// A proof of `address`'s account (or of its absence) under
+    /// [`State::root`].
+    pub fn account_proof(&self, address: &Address) -> AccountProof {
+        AccountProof {
+            address: *address,
+            account: self.accounts.get(address).copied(),
+            proof: self.tree.proof(&account_key(address)),
+        }
     }
 
     pub(crate) fn credit_genesis(&mut self, address: Address, amount: Amount) {
-        self.accounts.insert(
+        self.put_account(
             address,
-            Account {
+            Some(Account {
                 balance: amount,
                 nonce: 0,
-            },
+            }),
         );
     }
 
@@ -337,7 +401,21 @@ impl State {
     pub fn set_account(&mut self, journal: &mut Journal, address: Address, account: Account) {
         let prior = self.accounts.get(&address).copied();
         journal.accounts.entry(address).or_insert(prior);
-        self.accounts.insert(address, account);
+        self.put_account(address, Some(account));
+    }
+
+    fn put_account(&mut self, address: Address, account: Option<Account>) {
+        // An account encodes to 16 fixed bytes: its hash cannot fail.
+        let value = account.as_ref().and_then(|a| account_value(a).ok());
+        self.tree.set(account_key(&address), value);
+        match account {
+            Some(account) => {
+                self.accounts.insert(address, account);
+            }
+            None => {
+                self.accounts.remove(&address);
+            }
+        }
     }
 
     /// Sets or removes job `id`, recording its prior value in `journal`.
@@ -357,6 +435,10 @@ impl State {
                 self.settled.remove(&(settled, id));
             }
         }
+        // A job that cannot be encoded could not have been decoded or
+        // built: its leaf is left out rather than the state refused.
+        let value = job.as_ref().and_then(|j| job_value(j).ok());
+        self.tree.set(job_key(&id), value);
         match job {
             Some(job) => {
                 if job.is_open() {
@@ -379,17 +461,29 @@ impl State {
     /// Writes back the prior values in `undo`.
     pub fn undo(&mut self, undo: &BlockUndo) {
         for (address, prior) in &undo.accounts {
-            match prior {
-                Some(account) => {
-                    self.accounts.insert(*address, *account);
-                }
-                None => {
-                    self.accounts.remove(address);
-                }
-            }
+            self.put_account(*address, *prior);
         }
         for (id, prior) in &undo.jobs {
             self.put_job(*id, prior.clone());
+        }
+    }
+
+    /// The current values of the entries `undo` names, as undo data that
+    /// takes the state back to now after `undo` was applied: what a caller
+    /// keeps to reverse an undo that could not be committed, touching only
+    /// those entries.
+    pub fn redo_for(&self, undo: &BlockUndo) -> BlockUndo {
+        BlockUndo {
+            accounts: undo
+                .accounts
+                .iter()
+                .map(|(address, _)| (*address, self.accounts.get(address).copied()))
+                .collect(),
+            jobs: undo
+                .jobs
+                .iter()
+                .map(|(id, _)| (*id, self.jobs.get(id).cloned()))
+                .collect(),
         }
     }
 

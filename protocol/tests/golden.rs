@@ -67,19 +67,19 @@ const VECTORS: [(&str, &str); 13] = [
     ),
     (
         "state_root_accounts",
-        "97c0f87b1c2160b5878d39c8bd2d1bd87ab1f9d2d721f2a779b9df2875d55038",
+        "fda203806c201add8eec7007c4e5931cbe215624c2aba34ed6df7ae06a93a34d",
     ),
     (
         "state_root_with_jobs",
-        "50315e92ccac16a5ffbdb3cd1f88319a63a4c7a75a906a7c48e22b8b5f1be201",
+        "1bd9b685732e5791e72c908b088a39b02a1a0ac59da7c38f075e348d17104f83",
     ),
     (
         "genesis_devnet",
-        "da2080dc4486956ed097ea3ade3cb225876a8da3d394dae5264ebabbae71f9ce",
+        "5a4ef6500b8cc97df98c892785ffb3658db1acf65a0b9449b6897c9a230c57a9",
     ),
     (
         "genesis_regtest",
-        "c7a69cff9214cbde7b82dfd4336ba02c09a2f9d71af6f0edcc70594b073ca756",
+        "e7ed2a8e632350e452f5ca1e572983ede45a31133b342256bca00d439e880b6a",
     ),
     ("worker_seed", "6ca9d827a96a97a3"),
 ];

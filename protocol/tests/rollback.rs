@@ -288,10 +288,20 @@ proptest! {
             prop_assert_eq!(builder.chain.state.total_supply(), Some(minted(&builder.chain)));
             prop_assert_eq!(builder.chain.state.root().unwrap(), builder.chain.tip().header.state_root);
             prop_assert!(burned(&builder.chain.state) >= before, "burned coins came back");
+            // The incremental root is the root of the entries alone: from
+            // scratch, and after a restart that reloads the entries.
+            let state = &builder.chain.state;
+            prop_assert_eq!(state.root().unwrap(), state.root_from_scratch().unwrap());
+            let reloaded = State::from_entries(
+                state.accounts().map(|(a, acct)| (*a, *acct)),
+                state.jobs().map(|(id, job)| (*id, job.clone())),
+            );
+            prop_assert_eq!(reloaded.root().unwrap(), state.root().unwrap());
         }
         while let Some((state, root)) = snapshots.pop() {
             builder.chain.disconnect();
             prop_assert_eq!(builder.chain.state.root().unwrap(), root);
+            prop_assert_eq!(builder.chain.state.root_from_scratch().unwrap(), root);
             prop_assert_eq!(&builder.chain.state, &state);
         }
         prop_assert_eq!(builder.chain.height(), Height(1));

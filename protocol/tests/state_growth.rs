@@ -279,3 +279,36 @@ fn a_settled_job_is_pruned_after_its_retention_and_undo_restores_it() {
     assert_eq!(chain.state.job(&job), Some(&fulfilled));
     assert_ne!(chain.tip().header.state_root, pruned_root);
 }
+
+#[test]
+fn an_account_proof_verifies_against_the_header_and_fails_when_tampered() {
+    let mut chain = TestChain::new();
+    let fee = least_fee(&transfer_body(addr(&key(1)), 5_000));
+    chain
+        .mine(vec![
+            transfer(&faucet(), 0, addr(&key(1)), 5_000, fee),
+            transfer(&faucet(), 1, addr(&key(2)), 7_000, fee),
+        ])
+        .unwrap();
+    let root = chain.tip().header.state_root;
+    let proof = chain.state.account_proof(&addr(&key(1)));
+    assert_eq!(proof.account.map(|a| a.balance), Some(Amount(5_000)));
+    assert!(proof.verify(&root), "a member, against the header's root");
+    let mut richer = proof.clone();
+    if let Some(account) = richer.account.as_mut() {
+        account.balance = Amount(5_001);
+    }
+    assert!(!richer.verify(&root), "a tampered balance");
+    let mut elsewhere = proof.clone();
+    elsewhere.address = addr(&key(2));
+    assert!(!elsewhere.verify(&root), "another address");
+    let mut forged = proof;
+    forged.account = None;
+    assert!(!forged.verify(&root), "a member claimed absent");
+    let absent = chain.state.account_proof(&addr(&key(3)));
+    assert_eq!(absent.account, None);
+    assert!(absent.verify(&root), "an absent account");
+    // A proof from an earlier state does not verify against a later root.
+    let old_root = chain.blocks[0].header.state_root;
+    assert!(!chain.state.account_proof(&addr(&key(1))).verify(&old_root));
+}

@@ -20,7 +20,7 @@ use protocol::api::{
     Predictions, StatusView, TxAccepted, TxLookup, TxPlace, TxSubmission, TxView, BLOCKS_PAGE,
     JOBS_PAGE, MAX_JOBS_PAGE, MAX_JSON_BODY_BYTES, MAX_MEMPOOL_LISTED,
 };
-use protocol::api::{BlockRef, MAX_PREDICT_ROWS};
+use protocol::api::{BlockRef, ProofView, MAX_PREDICT_ROWS};
 use protocol::blob::{BlobKind, BlobName};
 use protocol::state::JobStatus;
 use protocol::{codec, Address, BlockHash, Digest, Height, JobId, SignedTx, TxId};
@@ -274,17 +274,47 @@ pub(super) async fn mempool(State(state): State<HttpState>) -> Answer<Json<Mempo
     }))
 }
 
+#[derive(serde::Deserialize)]
+pub(super) struct AddressQuery {
+    proof: Option<String>,
+}
+
 pub(super) async fn address(
     State(state): State<HttpState>,
     Path(addr): Path<String>,
+    Query(query): Query<AddressQuery>,
 ) -> Answer<Json<AddressView>> {
     let address = parse_hex32(&addr, "address", Address)?;
+    let want_proof = match query.proof.as_deref().map(str::trim) {
+        None | Some("false") | Some("0") => false,
+        Some("") | Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(Failure::bad(format!(
+                "proof {other:?} is not one of true, false (or ?proof alone)"
+            )))
+        }
+    };
+    if want_proof {
+        // One question to the chain task: balance, nonce and proof all at
+        // the same tip.
+        let (proof, tip, height, root) = state.ctx.chain.account_proof(address).await?;
+        let account = proof.account.unwrap_or_default();
+        let next_nonce = state.ctx.chain.next_nonce(address).await?;
+        return Ok(Json(AddressView {
+            address: address.to_string(),
+            balance: account.balance.0,
+            nonce: account.nonce,
+            next_nonce,
+            proof: Some(ProofView::new(&proof, tip, height, root)),
+        }));
+    }
     let info = state.ctx.chain.balance(address).await?;
     Ok(Json(AddressView {
         address: info.address.to_string(),
         balance: info.account.balance.0,
         nonce: info.account.nonce,
         next_nonce: info.next_nonce,
+        proof: None,
     }))
 }
 
