@@ -197,6 +197,22 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Result<Vec<f32>, KernelError> {
 /// element is overwritten, so a buffer reused from an earlier step needs no
 /// clearing and, once grown, no allocation.
 pub fn matmul_into(a: MatRef<'_>, b: MatRef<'_>, out: &mut Vec<f32>) -> Result<(), KernelError> {
+    matmul_into_then(a, b, out, |_, _| {})
+}
+
+/// [`matmul_into`], then `finish(offset, rows)` on each band of whole
+/// output rows (`offset` is the band's first element in `out`) on the
+/// thread that computed it, right after it: an element-wise pass on the
+/// product (a bias, an activation) runs with the product's threads and
+/// while the band is still in cache. `finish` must treat every element on
+/// its own, with nothing carried from one element or band to another, so
+/// that where the bands are cut never reaches a bit.
+pub fn matmul_into_then(
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    out: &mut Vec<f32>,
+    finish: impl Fn(usize, &mut [f32]) + Sync,
+) -> Result<(), KernelError> {
     if a.cols != b.rows {
         return Err(KernelError::Shape {
             what: "inner dimension of a matrix product",
@@ -211,7 +227,7 @@ pub fn matmul_into(a: MatRef<'_>, b: MatRef<'_>, out: &mut Vec<f32>) -> Result<(
     })?;
     out.resize(len, 0.0);
     if !out.is_empty() {
-        dispatch(a, b, out);
+        dispatch(a, b, out, finish);
     }
     Ok(())
 }
@@ -295,51 +311,137 @@ pub fn wide_vectors_name() -> &'static str {
 /// and each band is the product of the same rows of `a` with all of `b`.
 /// An element's sum runs over the whole inner dimension inside one band,
 /// in the same order as on one thread, so the cut never changes a bit.
-fn dispatch(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+fn dispatch(
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    out: &mut [f32],
+    finish: impl Fn(usize, &mut [f32]) + Sync,
+) {
     let path = TilePath::detect();
     let panel = path.panel_rows();
     let panels = a.rows.div_ceil(panel);
     let parts = crate::pool::parts_for(panels, panel.saturating_mul(a.cols).saturating_mul(b.cols));
-    matmul_in_bands(path, a, b, out, parts);
+    matmul_in_bands(path, a, b, out, parts, finish);
 }
 
 /// `a · b` into `out` on `path`, the output's rows cut into `parts` bands
-/// of whole panels run on the pool (see [`dispatch`]).
-fn matmul_in_bands(path: TilePath, a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], parts: usize) {
+/// of whole panels run on the pool (see [`dispatch`]), each followed by
+/// `finish` (see [`matmul_into_then`]). `b` is packed once, on the calling
+/// thread, and every band reads that one copy: packing is a copy, so the
+/// bands see the same values as if each had packed its own.
+fn matmul_in_bands(
+    path: TilePath,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    out: &mut [f32],
+    parts: usize,
+    finish: impl Fn(usize, &mut [f32]) + Sync,
+) {
     let n = b.cols;
-    if parts <= 1 || n == 0 {
-        matmul_on(path, a, b, out);
-        return;
-    }
-    crate::pool::for_each_chunk(
-        out,
-        path.panel_rows().saturating_mul(n),
-        parts,
-        |offset, band| {
+    let shape = Shape::for_product(path, n);
+    with_scratch(&PACKED_B, |buffer| {
+        let packed = pack_b(shape, b, buffer);
+        if parts <= 1 || n == 0 {
+            matmul_packed(a, packed, out);
+            finish(0, out);
+            return;
+        }
+        crate::pool::for_each_chunk(out, shape.mr().saturating_mul(n), parts, |offset, band| {
             // `n` is not 0 here.
             let rows = band.len().checked_div(n).unwrap_or(0);
             let first = offset.checked_div(n).unwrap_or(0);
-            matmul_on(path, a.row_band(first, rows), b, band);
-        },
-    );
+            matmul_packed(a.row_band(first, rows), packed, band);
+            finish(offset, band);
+        });
+    });
 }
 
-/// `a · b` into `out` on a given path; a path the CPU lacks falls back to
-/// the baseline (same bits, only slower).
+/// `a · b` into `out` on a given path, on this thread; a path the CPU lacks
+/// falls back to the baseline (same bits, only slower).
+#[cfg(test)]
 fn matmul_on(path: TilePath, a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let done = match path {
-            TilePath::Avx512 => simd::matmul_avx512(a, b, out),
-            TilePath::Avx => simd::matmul_avx(a, b, out),
-            TilePath::Baseline => false,
-        };
-        if done {
-            return;
+    matmul_in_bands(path, a, b, out, 1, |_, _| {});
+}
+
+/// The tile a product runs on: its rows (`MR`) and columns (`NR`), and the
+/// registers it uses. Every shape gives the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// 8 × 32 in zmm registers.
+    Avx512Wide,
+    /// 8 × 16 in zmm registers, for products at most 16 wide (a
+    /// classifier's logits), which would waste most of a 32-wide tile on
+    /// padding.
+    Avx512Narrow,
+    /// 6 × 16 in ymm registers.
+    Avx,
+    /// 4 × 8 in plain arrays.
+    Baseline,
+}
+
+impl Shape {
+    /// The shape `path` runs an `n`-column product on, on this CPU.
+    fn for_product(path: TilePath, n: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        match path {
+            TilePath::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
+                return if n <= 16 {
+                    Self::Avx512Narrow
+                } else {
+                    Self::Avx512Wide
+                };
+            }
+            TilePath::Avx if std::arch::is_x86_feature_detected!("avx") => return Self::Avx,
+            _ => {}
+        }
+        let _ = (path, n);
+        Self::Baseline
+    }
+
+    fn mr(self) -> usize {
+        match self {
+            Self::Avx512Wide | Self::Avx512Narrow => 8,
+            Self::Avx => 6,
+            Self::Baseline => 4,
         }
     }
-    let _ = path;
-    matmul_tiles::<4, 8>(a, b, out, tile_portable::<4, 8>);
+}
+
+/// `b` packed for one tile shape: blocks of `NR` columns laid out
+/// `[block][p][c]`, `k × NR` values per block (see [`pack_columns`]).
+#[derive(Clone, Copy, Debug)]
+struct PackedB<'p> {
+    shape: Shape,
+    data: &'p [f32],
+    cols: usize,
+}
+
+/// Packs all of `b` into `buffer` for `shape`.
+fn pack_b<'p>(shape: Shape, b: MatRef<'_>, buffer: &'p mut Vec<f32>) -> PackedB<'p> {
+    match shape {
+        Shape::Avx512Wide => pack_all_columns::<32>(&b, buffer),
+        Shape::Avx512Narrow | Shape::Avx => pack_all_columns::<16>(&b, buffer),
+        Shape::Baseline => pack_all_columns::<8>(&b, buffer),
+    }
+    PackedB {
+        shape,
+        data: buffer,
+        cols: b.cols,
+    }
+}
+
+/// `a · b` into `out` from `b` packed for its shape.
+fn matmul_packed(a: MatRef<'_>, b: PackedB<'_>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::matmul_packed(a, b, out) {
+        return;
+    }
+    match b.shape {
+        Shape::Avx512Wide => tiles_on_packed::<8, 32>(a, b, out, tile_portable::<8, 32>),
+        Shape::Avx512Narrow => tiles_on_packed::<8, 16>(a, b, out, tile_portable::<8, 16>),
+        Shape::Avx => tiles_on_packed::<6, 16>(a, b, out, tile_portable::<6, 16>),
+        Shape::Baseline => tiles_on_packed::<4, 8>(a, b, out, tile_portable::<4, 8>),
+    }
 }
 
 /// Runs `f`, inlined into a function compiled for the widest vector unit
@@ -418,35 +520,34 @@ fn tile_portable<const MR: usize, const NR: usize>(
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod simd {
-    use super::MatRef;
+    use super::{MatRef, PackedB, Shape};
     use core::arch::x86_64::{
         __m256, __m512, _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps,
         _mm256_setzero_ps, _mm256_storeu_ps, _mm512_add_ps, _mm512_loadu_ps, _mm512_mul_ps,
         _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
     };
 
-    /// `a · b` on the AVX-512 tiles; false (nothing written) when the CPU
-    /// lacks AVX-512F.
-    pub(super) fn matmul_avx512(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) -> bool {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            return false;
+    /// `a · b` on the vector tiles of `b`'s shape; false (nothing
+    /// written) for the baseline shape or when the CPU lacks the shape's
+    /// feature.
+    pub(super) fn matmul_packed(a: MatRef<'_>, b: PackedB<'_>, out: &mut [f32]) -> bool {
+        match b.shape {
+            Shape::Avx512Wide | Shape::Avx512Narrow
+                if std::arch::is_x86_feature_detected!("avx512f") =>
+            {
+                // SAFETY: the CPU was just checked to support AVX-512F, the
+                // only feature `avx512_tiles` is compiled for.
+                unsafe { avx512_tiles(a, b, out) };
+                true
+            }
+            Shape::Avx if std::arch::is_x86_feature_detected!("avx") => {
+                // SAFETY: the CPU was just checked to support AVX, the only
+                // feature `avx_tiles` is compiled for.
+                unsafe { avx_tiles(a, b, out) };
+                true
+            }
+            _ => false,
         }
-        // SAFETY: the CPU was just checked to support AVX-512F, the only
-        // feature `avx512_tiles` is compiled for.
-        unsafe { avx512_tiles(a, b, out) };
-        true
-    }
-
-    /// `a · b` on the AVX tiles; false (nothing written) when the CPU lacks
-    /// AVX.
-    pub(super) fn matmul_avx(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) -> bool {
-        if !std::arch::is_x86_feature_detected!("avx") {
-            return false;
-        }
-        // SAFETY: the CPU was just checked to support AVX, the only feature
-        // `avx_tiles` is compiled for.
-        unsafe { avx_tiles(a, b, out) };
-        true
     }
 
     /// See [`super::with_wide_vectors`].
@@ -537,23 +638,21 @@ mod simd {
     }
 
     #[target_feature(enable = "avx512f")]
-    fn avx512_tiles(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
-        // A product at most 16 wide (a classifier's logits) would waste
-        // most of a 32-wide tile on padding.
-        if b.cols() <= 16 {
-            super::matmul_tiles::<8, 16>(a, b, out, |a_steps, b_steps| {
+    fn avx512_tiles(a: MatRef<'_>, b: PackedB<'_>, out: &mut [f32]) {
+        if b.shape == Shape::Avx512Narrow {
+            super::tiles_on_packed::<8, 16>(a, b, out, |a_steps, b_steps| {
                 tile_512::<8, 16, 1>(a_steps, b_steps)
             });
         } else {
-            super::matmul_tiles::<8, 32>(a, b, out, |a_steps, b_steps| {
+            super::tiles_on_packed::<8, 32>(a, b, out, |a_steps, b_steps| {
                 tile_512::<8, 32, 2>(a_steps, b_steps)
             });
         }
     }
 
     #[target_feature(enable = "avx")]
-    fn avx_tiles(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
-        super::matmul_tiles::<6, 16>(a, b, out, |a_steps, b_steps| tile_256(a_steps, b_steps));
+    fn avx_tiles(a: MatRef<'_>, b: PackedB<'_>, out: &mut [f32]) {
+        super::tiles_on_packed::<6, 16>(a, b, out, |a_steps, b_steps| tile_256(a_steps, b_steps));
     }
 
     #[inline]
@@ -645,7 +744,30 @@ mod simd {
 thread_local! {
     /// Packing buffers, reused across calls: a training step runs a dozen
     /// products, and fresh multi-megabyte buffers would cost page faults.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// `a`'s rows are packed by the thread that runs their band; `b` by the
+    /// thread that starts the product, for all its bands.
+    static PACKED_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACKED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a thread's packing buffer, or on a fresh one when the
+/// thread's is in use further up its stack. `f` is called from one place
+/// only, so that it is inlined into the caller and the tile loops inside it
+/// are compiled for the caller's vector unit.
+#[inline(always)]
+fn with_scratch<R>(
+    buffer: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    f: impl FnOnce(&mut Vec<f32>) -> R,
+) -> R {
+    buffer.with(|cell| {
+        let mut fresh = Vec::new();
+        let mut reused = cell.try_borrow_mut();
+        let scratch = match reused.as_deref_mut() {
+            Ok(reused) => reused,
+            Err(_) => &mut fresh,
+        };
+        f(scratch)
+    })
 }
 
 /// Copies `a` into panels of `MR` rows laid out `[panel][p][r]`, so that the
@@ -743,6 +865,24 @@ fn pack_rows<const MR: usize>(a: &MatRef<'_>, packed: &mut Vec<f32>) {
     }
 }
 
+/// Copies all of `b` into blocks of `NR` columns, `[block][p][c]`, `k × NR`
+/// values per block (padding columns of a short last block keep whatever
+/// they held: their results are discarded).
+// Block offsets inside a buffer sized here from the view's dimensions.
+#[allow(clippy::arithmetic_side_effects)]
+#[inline(always)]
+fn pack_all_columns<const NR: usize>(b: &MatRef<'_>, packed: &mut Vec<f32>) {
+    let (k, n) = (b.rows, b.cols);
+    packed.resize(n.div_ceil(NR) * k * NR, 0.0);
+    if k == 0 {
+        return;
+    }
+    for (block, dst) in packed.chunks_exact_mut(k * NR).enumerate() {
+        let j0 = block * NR;
+        pack_columns::<NR>(b, j0, NR.min(n - j0), dst);
+    }
+}
+
 /// Copies columns `j0..j0 + width` of `b` into `[p][c]` rows of `NR`
 /// (columns past `width` keep whatever they held: their results are
 /// discarded).
@@ -820,21 +960,24 @@ fn pack_columns<const NR: usize>(b: &MatRef<'_>, j0: usize, width: usize, packed
 // in these loops would cost the kernels a branch per element.
 #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 #[inline(always)]
-fn matmul_tiles<const MR: usize, const NR: usize>(
+fn tiles_on_packed<const MR: usize, const NR: usize>(
     a: MatRef<'_>,
-    b: MatRef<'_>,
+    b: PackedB<'_>,
     out: &mut [f32],
     tile: impl Fn(&[[f32; MR]], &[[f32; NR]]) -> [[f32; NR]; MR],
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    SCRATCH.with_borrow_mut(|(a_packed, b_packed)| {
+    if k == 0 {
+        // Empty sums: +0.
+        out.iter_mut().take(m * n).for_each(|v| *v = 0.0);
+        return;
+    }
+    with_scratch(&PACKED_A, |a_packed| {
         pack_rows::<MR>(&a, a_packed);
-        b_packed.clear();
-        b_packed.resize(k * NR, 0.0);
-        for j0 in (0..n).step_by(NR) {
-            let width = NR.min(n - j0);
-            pack_columns::<NR>(&b, j0, width, b_packed);
-            let (b_steps, _) = b_packed.as_chunks::<NR>();
+        for (block, b_block) in b.data.chunks_exact(k * NR).enumerate() {
+            let j0 = block * NR;
+            let width = NR.min(n.saturating_sub(j0));
+            let (b_steps, _) = b_block.as_chunks::<NR>();
             for (panel, a_panel) in a_packed.chunks_exact(k * MR).enumerate() {
                 let (a_steps, _) = a_panel.as_chunks::<MR>();
                 let acc = tile(a_steps, b_steps);
@@ -858,6 +1001,25 @@ fn matmul_tiles<const MR: usize, const NR: usize>(
             }
         }
     });
+}
+
+/// [`tiles_on_packed`] after packing `b` for `NR`-wide tiles, on this
+/// thread (for tests of tile shapes no CPU path uses).
+#[cfg(test)]
+fn matmul_tiles<const MR: usize, const NR: usize>(
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    out: &mut [f32],
+    tile: impl Fn(&[[f32; MR]], &[[f32; NR]]) -> [[f32; NR]; MR],
+) {
+    let mut buffer = Vec::new();
+    pack_all_columns::<NR>(&b, &mut buffer);
+    let packed = PackedB {
+        shape: Shape::Baseline,
+        data: &buffer,
+        cols: b.cols,
+    };
+    tiles_on_packed::<MR, NR>(a, packed, out, tile);
 }
 
 /// Sum of each column of a row-major `rows × cols` matrix, rows added in
@@ -1035,7 +1197,7 @@ mod tests {
                 for parts in [1, 2, 3, 7, 16] {
                     for (av, bv, what) in [(am, bm, "plain"), (atm, btm, "transposed")] {
                         let mut c = vec![f32::NAN; m * n];
-                        matmul_in_bands(path, av, bv, &mut c, parts);
+                        matmul_in_bands(path, av, bv, &mut c, parts, |_, _| {});
                         assert_eq!(
                             bits(&c),
                             bits(&want),
@@ -1058,6 +1220,63 @@ mod tests {
             )
             .unwrap();
             assert_eq!(bits(&got), bits(&want), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn the_finishing_pass_sees_every_band_once_at_its_offset() {
+        // A bias and a ReLU applied band by band give the bits of the same
+        // pass over the whole product, for every cut.
+        let (m, k, n) = (61, 30, 40);
+        let a = random(m * k, 9);
+        let b = random(k * n, 10);
+        let bias = random(n, 11);
+        let mut want = reference(&a, &b, m, k, n);
+        add_rows(&mut want, &bias);
+        want.iter_mut().for_each(|v| *v = v.max(0.0));
+        let am = MatRef::row_major(&a, m, k).unwrap();
+        let bm = MatRef::row_major(&b, k, n).unwrap();
+        for path in TilePath::available() {
+            for parts in [1, 2, 3, 7, 16] {
+                let calls = std::sync::atomic::AtomicUsize::new(0);
+                let mut c = vec![f32::NAN; m * n];
+                matmul_in_bands(path, am, bm, &mut c, parts, |offset, band| {
+                    assert_eq!(offset % n, 0);
+                    assert_eq!(band.len() % n, 0);
+                    calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    add_rows(band, &bias);
+                    band.iter_mut().for_each(|v| *v = v.max(0.0));
+                });
+                assert_eq!(bits(&c), bits(&want), "{path:?} in {parts} parts");
+                assert!(calls.into_inner() <= parts.max(1));
+            }
+        }
+        for threads in [1, 2, 3] {
+            crate::pool::set_threads(threads);
+            let mut c = Vec::new();
+            matmul_into_then(am, bm, &mut c, |offset, band| {
+                let columns = bias.iter().cycle().skip(offset % n);
+                for (v, b) in band.iter_mut().zip(columns) {
+                    *v = (*v + *b).max(0.0);
+                }
+            })
+            .unwrap();
+            assert_eq!(bits(&c), bits(&want), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn an_empty_inner_dimension_gives_zeros() {
+        let a: [f32; 0] = [];
+        for path in TilePath::available() {
+            let mut c = vec![f32::NAN; 6];
+            matmul_on(
+                path,
+                MatRef::row_major(&a, 2, 0).unwrap(),
+                MatRef::row_major(&a, 0, 3).unwrap(),
+                &mut c,
+            );
+            assert_eq!(bits(&c), bits(&[0.0; 6]), "{path:?}");
         }
     }
 

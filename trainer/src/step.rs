@@ -168,18 +168,23 @@ impl StepWorkspace {
             let Some(out) = here.first_mut() else {
                 return Err(engine_error("layer buffers out of step"));
             };
-            kernels::matmul_into(
+            let relu = i < last;
+            // The bias and ReLU, per element, on each band of whole rows as
+            // soon as its product is done.
+            kernels::matmul_into_then(
                 MatRef::row_major(input, rows, fan_in).map_err(engine_error)?,
                 MatRef::row_major(w, fan_in, fan_out).map_err(engine_error)?,
                 out,
+                |_, band| {
+                    kernels::add_rows(band, b);
+                    if relu {
+                        for v in band.iter_mut() {
+                            *v = if *v > 0.0 { *v } else { 0.0 };
+                        }
+                    }
+                },
             )
             .map_err(engine_error)?;
-            kernels::add_rows(out, b);
-            if i < last {
-                for v in out.iter_mut() {
-                    *v = if *v > 0.0 { *v } else { 0.0 };
-                }
-            }
         }
         Ok(())
     }
@@ -279,17 +284,23 @@ impl StepWorkspace {
             }
             kernels::column_sums_into(&self.delta, fan_out, grad_b);
             if i > 0 {
-                kernels::matmul_into(
+                // ReLU's derivative, per element, on each band of whole rows
+                // as soon as its product is done; `offset` is the band's
+                // first element, the same index in the layer's input.
+                kernels::matmul_into_then(
                     delta,
                     MatRef::row_major(weight, fan_in, fan_out)
                         .map_err(engine_error)?
                         .t(),
                     &mut self.delta_below,
+                    |offset, band| {
+                        let below = input.get(offset..).unwrap_or_default();
+                        for (g, y) in band.iter_mut().zip(below) {
+                            *g = if *y > 0.0 { *g } else { 0.0 };
+                        }
+                    },
                 )
                 .map_err(engine_error)?;
-                for (g, y) in self.delta_below.iter_mut().zip(input) {
-                    *g = if *y > 0.0 { *g } else { 0.0 };
-                }
                 std::mem::swap(&mut self.delta, &mut self.delta_below);
             }
         }
