@@ -53,6 +53,11 @@ pub struct BenchRow {
     pub threads: usize,
     /// The reproducible engine.
     pub reproducible: f64,
+    /// The engine's CPU time per step in that round, milliseconds, all
+    /// threads together (`None` where the process's CPU time is unknown):
+    /// on a busy machine, where steps/s at several threads says little,
+    /// this shows what splitting a step costs.
+    pub cpu_ms_per_step: Option<f64>,
     /// Stock candle (`None` when not timed).
     pub stock: Option<f64>,
     /// PyTorch, from a run supplied to the report (`None` when absent).
@@ -153,9 +158,32 @@ fn adam() -> Optimizer {
     }
 }
 
+/// CPU time this process has used so far, user and system, all threads,
+/// in seconds: from `/proc/self/stat` on Linux (in the kernel's 100 Hz
+/// ticks), `None` elsewhere.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: state is field 3, utime 14, stime 15.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / 100.0)
+}
+
 /// Steps per second of the reproducible engine on `job` with `threads`
 /// engine threads.
 pub fn time_reproducible(job: &BenchJob, threads: usize) -> Result<f64, ModelError> {
+    time_reproducible_with_cpu(job, threads).map(|(rate, _)| rate)
+}
+
+/// [`time_reproducible`] and the CPU milliseconds per step it took (see
+/// [`BenchRow::cpu_ms_per_step`]).
+pub fn time_reproducible_with_cpu(
+    job: &BenchJob,
+    threads: usize,
+) -> Result<(f64, Option<f64>), ModelError> {
     crate::pool::set_threads(threads);
     let mlp = Mlp::init(&job.widths, 1)?;
     let sizes: Vec<usize> = mlp
@@ -175,11 +203,16 @@ pub fn time_reproducible(job: &BenchJob, threads: usize) -> Result<f64, ModelErr
     for i in 0..WARMUP_STEPS {
         step(i)?;
     }
+    let cpu_start = process_cpu_seconds();
     let start = Instant::now();
     for i in 0..job.steps {
         step(i)?;
     }
-    Ok(job.steps as f64 / start.elapsed().as_secs_f64().max(1e-9))
+    let rate = job.steps as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    let cpu = cpu_start
+        .zip(process_cpu_seconds())
+        .map(|(a, b)| 1e3 * (b - a) / job.steps.max(1) as f64);
+    Ok((rate, cpu))
 }
 
 /// Steps per second of stock candle on `job` with `threads` threads:
@@ -256,16 +289,21 @@ pub fn run(
     for &n in threads {
         let mut best_stock = stock.then_some(0.0f64);
         let mut best = 0.0f64;
+        let mut cpu = None;
         for _ in 0..rounds.max(1) {
             if let Some(b) = best_stock.as_mut() {
                 *b = b.max(time_stock(job, n)?);
             }
-            best = best.max(time_reproducible(job, n)?);
+            let (rate, round_cpu) = time_reproducible_with_cpu(job, n)?;
+            if rate > best {
+                (best, cpu) = (rate, round_cpu);
+            }
         }
         rows.push(BenchRow {
             name: job.name.clone(),
             threads: n,
             reproducible: best,
+            cpu_ms_per_step: cpu,
             stock: best_stock,
             pytorch: None,
             flops_per_step: flops_per_step(&job.widths, job.batch),
@@ -282,10 +320,11 @@ pub fn table(rows: &[BenchRow], peak_gflops: f64, pytorch_note: Option<&str>) ->
             .map_or("-".to_string(), |b| format!("{:.2}x", a / b))
     };
     let mut lines = vec![format!(
-        "{:<34} {:>3} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>5}",
+        "{:<34} {:>3} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>5}",
         "job (steps/s)",
         "thr",
         "engine",
+        "cpu ms/st",
         "candle",
         "pytorch",
         "vs cndl",
@@ -305,10 +344,12 @@ pub fn table(rows: &[BenchRow], peak_gflops: f64, pytorch_note: Option<&str>) ->
             "-".to_string()
         };
         lines.push(format!(
-            "{:<34} {:>3} {:>9.1} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7.1} {:>5}",
+            "{:<34} {:>3} {:>9.1} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7.1} {:>5}",
             row.name,
             row.threads,
             row.reproducible,
+            row.cpu_ms_per_step
+                .map_or("-".to_string(), |c| format!("{c:.3}")),
             figure(row.stock),
             figure(row.pytorch),
             ratio(row.reproducible, row.stock),
