@@ -285,6 +285,11 @@ impl OptimizerState {
     /// One update of every parameter from its gradient values, given in the
     /// same order (`None`: left alone, state included).
     pub fn step_slices(&mut self, params: &[&Var], grads: &[Option<&[f32]>]) -> CandleResult<()> {
+        crate::pool::install(|| self.step_slices_here(params, grads))
+    }
+
+    /// [`Self::step_slices`] on the calling thread.
+    fn step_slices_here(&mut self, params: &[&Var], grads: &[Option<&[f32]>]) -> CandleResult<()> {
         if grads.len() != params.len() {
             return Err(error(format!(
                 "got {} gradients for {} parameters",

@@ -13,7 +13,9 @@
 //! The pool is process-wide: the CLIs set its size once from `--threads`,
 //! the node from its replay-thread setting; until then it has one thread
 //! per available core. Concurrent callers (a node replaying several
-//! segments, parallel tests) share it; each waits only for its own parts.
+//! segments, parallel tests) share it; a worker waiting for a part may run
+//! another caller's work meanwhile, which can delay a result but never
+//! change it.
 
 #![deny(
     clippy::unwrap_used,
@@ -27,7 +29,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// A pool of `threads - 1` workers; the calling thread is the last one.
+/// A pool of `threads` workers. Work started with [`install`] runs on one
+/// of them, and its parts on it and the others; other callers hand parts to
+/// the workers and take parts themselves.
 struct Pool {
     threads: usize,
     workers: Option<Arc<rayon::ThreadPool>>,
@@ -44,7 +48,7 @@ fn build(threads: usize) -> Pool {
     let threads = threads.max(1);
     let workers = if threads > 1 {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.saturating_sub(1))
+            .num_threads(threads)
             .thread_name(|i| format!("engine-{i}"))
             .build()
             .ok()
@@ -78,6 +82,22 @@ fn current() -> (usize, Option<Arc<rayon::ThreadPool>>) {
     let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     let pool = pool.get_or_insert_with(|| build(available_threads()));
     (pool.threads, pool.workers.clone())
+}
+
+/// Runs `f` on one of the pool's workers and returns its result (on the
+/// calling thread when the pool has one thread). A step's forward and
+/// backward pass and its optimizer update run this way, so that the thread
+/// that splits each product is itself a worker: it pushes the parts it
+/// hands out onto its own queue and takes back any that no other worker
+/// has started, instead of waiting, as a thread outside the pool must, for
+/// a worker to be scheduled and run them. On a busy machine, where a
+/// sleeping worker may wait a scheduler slice for a core, that wait came
+/// with every product. Where `f` runs never reaches a bit.
+pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match current().1 {
+        Some(workers) => workers.install(f),
+        None => f(),
+    }
 }
 
 /// How many parts to cut `units` independent units of work into, each unit

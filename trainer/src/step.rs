@@ -94,6 +94,18 @@ impl StepWorkspace {
         targets: BatchTargets<'_>,
         penalty: Option<WeightPenalty>,
     ) -> Result<f32, ModelError> {
+        crate::pool::install(|| self.gradients_here(mlp, x, rows, targets, penalty))
+    }
+
+    /// [`Self::gradients`] on the calling thread.
+    fn gradients_here(
+        &mut self,
+        mlp: &Mlp,
+        x: &[f32],
+        rows: usize,
+        targets: BatchTargets<'_>,
+        penalty: Option<WeightPenalty>,
+    ) -> Result<f32, ModelError> {
         let layers = mlp.layers();
         let count = layers.len();
         if count == 0 {
