@@ -285,7 +285,13 @@ impl OptimizerState {
     /// One update of every parameter from its gradient values, given in the
     /// same order (`None`: left alone, state included).
     pub fn step_slices(&mut self, params: &[&Var], grads: &[Option<&[f32]>]) -> CandleResult<()> {
-        crate::pool::install(|| self.step_slices_here(params, grads))
+        let largest = grads
+            .iter()
+            .flatten()
+            .map(|g| g.len().saturating_mul(ELEMENT_COST))
+            .max()
+            .unwrap_or(0);
+        crate::pool::install_for(largest, || self.step_slices_here(params, grads))
     }
 
     /// [`Self::step_slices`] on the calling thread.

@@ -100,6 +100,18 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// [`install`] when `largest_cost`, the operations of the largest piece of
+/// work `f` may split, is enough for [`parts_for`] to split it; otherwise
+/// `f` on the calling thread. Handing `f` to a worker costs a wake-up of
+/// its own, more than a small job's whole step.
+pub fn install_for<R: Send>(largest_cost: usize, f: impl FnOnce() -> R + Send) -> R {
+    if parts_for(largest_cost, 1) > 1 {
+        install(f)
+    } else {
+        f()
+    }
+}
+
 /// How many parts to cut `units` independent units of work into, each unit
 /// costing about `unit_cost` operations: at most one per thread, at most one
 /// per unit, and none smaller than [`MIN_PART_COST`] operations (below that
@@ -199,6 +211,25 @@ pub fn for_each_chunk<T: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn installed_work_runs_once_and_splits_as_from_outside() {
+        for threads in [1, 2, 3] {
+            set_threads(threads);
+            for cost in [0, MIN_PART_COST, 64 * MIN_PART_COST] {
+                let hits: Vec<Mutex<u32>> = (0..7).map(|_| Mutex::new(0)).collect();
+                let got = install_for(cost, || {
+                    run_parts(hits.len(), |p| *hits[p].lock().unwrap() += 1);
+                    cost + 1
+                });
+                assert_eq!(got, cost + 1);
+                assert!(
+                    hits.iter().all(|h| *h.lock().unwrap() == 1),
+                    "{threads} {cost}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn every_part_runs_once_and_chunks_tile_the_data() {

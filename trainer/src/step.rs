@@ -94,7 +94,17 @@ impl StepWorkspace {
         targets: BatchTargets<'_>,
         penalty: Option<WeightPenalty>,
     ) -> Result<f32, ModelError> {
-        crate::pool::install(|| self.gradients_here(mlp, x, rows, targets, penalty))
+        // Every product of the step is `rows × fan_in × fan_out` for some
+        // layer, forwards or backwards.
+        let largest = mlp
+            .layers()
+            .iter()
+            .map(|l| l.weight.elem_count().saturating_mul(rows))
+            .max()
+            .unwrap_or(0);
+        crate::pool::install_for(largest, || {
+            self.gradients_here(mlp, x, rows, targets, penalty)
+        })
     }
 
     /// [`Self::gradients`] on the calling thread.
