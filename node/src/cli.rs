@@ -741,7 +741,7 @@ fn rpc(client: &NodeClient, call: RpcCall) -> anyhow::Result<()> {
             let from = Address::from_verifying_key(&key.verifying_key());
             let status = client.status()?;
             let nonce = client.address(&from)?.next_nonce;
-            let mut body = TxBody {
+            let body = TxBody {
                 from,
                 nonce,
                 fee: Amount::ZERO,
@@ -750,18 +750,8 @@ fn rpc(client: &NodeClient, call: RpcCall) -> anyhow::Result<()> {
                     amount: Amount(amount),
                 },
             };
-            body.fee = match fee {
-                Some(fee) => Amount(fee),
-                None => body
-                    .min_fee_at(Amount(status.min_fee_rate))?
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "the chain's fee rate {} overflows a fee",
-                            status.min_fee_rate
-                        )
-                    })?,
-            };
-            let tx = body.sign(&key, status.chain_id)?;
+            let tx = trainer::client::with_fee(body, fee, Amount(status.min_fee_rate))?
+                .sign(&key, status.chain_id)?;
             let id = client.submit_tx(&tx)?;
             print(
                 json.json,

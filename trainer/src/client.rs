@@ -871,6 +871,22 @@ fn agent(timeout: Duration) -> ureq::Agent {
     )
 }
 
+/// `body` paying `fee` when given, else the least fee the chain takes for
+/// its size at `rate` a byte: the `--fee` default of both CLIs.
+pub fn with_fee(
+    mut body: protocol::TxBody,
+    fee: Option<u64>,
+    rate: protocol::Amount,
+) -> anyhow::Result<protocol::TxBody> {
+    body.fee = match fee {
+        Some(fee) => protocol::Amount(fee),
+        None => body
+            .min_fee_at(rate)?
+            .ok_or_else(|| anyhow::anyhow!("the chain's fee rate {rate} overflows a fee"))?,
+    };
+    Ok(body)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -19,7 +19,7 @@ use protocol::job::{check_acceptance, worker_seed};
 use protocol::{
     Acceptance, Address, Amount, Digest, F32Bits, Height, JobId, JobSpec, TxBody, TxKind,
 };
-use trainer::client::{ClientError, JobFilter, NodeArgs, NodeClient};
+use trainer::client::{with_fee, ClientError, JobFilter, NodeArgs, NodeClient};
 use trainer::{Dataset, DatasetLimits, OptimizerKind, TaskKind, TrainSettings};
 
 /// How often the worker looks for open jobs.
@@ -213,18 +213,6 @@ fn chain_and_nonce(client: &NodeClient, from: &Address) -> anyhow::Result<(u32, 
     let status = client.status()?;
     let nonce = client.address(from)?.next_nonce;
     Ok((status.chain_id, nonce, Amount(status.min_fee_rate)))
-}
-
-/// `body` with `fee` when given, else with the least fee the chain takes
-/// for its size at `rate` a byte.
-fn with_fee(mut body: TxBody, fee: Option<u64>, rate: Amount) -> anyhow::Result<TxBody> {
-    body.fee = match fee {
-        Some(fee) => Amount(fee),
-        None => body
-            .min_fee_at(rate)?
-            .ok_or_else(|| anyhow!("the chain's fee rate {rate} overflows a fee"))?,
-    };
-    Ok(body)
 }
 
 /// `job post`.
