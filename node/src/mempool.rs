@@ -57,6 +57,11 @@ impl PartialEq for FeeRate {
 
 impl Eq for FeeRate {}
 
+/// Transactions held from one sender unless told otherwise: twice geth's
+/// per-account queue (64); room for a wallet that sends faster than blocks
+/// come, and a bound on the transactions one admission re-applies.
+pub const MAX_PER_SENDER: usize = 128;
+
 /// Caps on what the mempool holds.
 #[derive(Clone, Copy, Debug)]
 pub struct MempoolLimits {
@@ -64,6 +69,10 @@ pub struct MempoolLimits {
     pub max_txs: usize,
     /// Most encoded bytes held.
     pub max_bytes: usize,
+    /// Most transactions held from one sender. Admitting a sender's
+    /// transaction applies its earlier pending ones first, so this bounds
+    /// what one admission costs.
+    pub max_per_sender: usize,
     /// How long a transaction may wait before it is dropped.
     pub expiry: Duration,
 }
@@ -73,6 +82,7 @@ impl Default for MempoolLimits {
         Self {
             max_txs: 20_000,
             max_bytes: 64 << 20,
+            max_per_sender: MAX_PER_SENDER,
             expiry: Duration::from_secs(3 * 3600),
         }
     }
@@ -96,6 +106,15 @@ pub enum MempoolError {
         expected: u64,
         /// The nonce given.
         got: u64,
+    },
+    /// The sender already has as many transactions waiting as one sender
+    /// may.
+    #[error("{address} has {pending} transactions waiting, the most one sender may have; wait for some to be mined")]
+    SenderFull {
+        /// The sender.
+        address: Address,
+        /// Its transactions waiting.
+        pending: usize,
     },
     /// A replacement must pay strictly more than the transaction it replaces.
     #[error("replacement fee {fee} must exceed the pending fee {pending}")]
@@ -259,6 +278,16 @@ impl Mempool {
             .get(&from)
             .and_then(|p| p.get(&nonce))
             .copied();
+        let pending = self.by_sender.get(&from).map_or(0, BTreeMap::len);
+        if replaced.is_none() && pending >= self.limits.max_per_sender {
+            return Err(MempoolError::SenderFull {
+                address: from,
+                pending,
+            });
+        }
+        // Re-applying the sender's pending transactions is the costly check
+        // of admission; it runs after the cheap ones above, and the cap
+        // bounds it.
         if let Some(old) = replaced.and_then(|old| self.entries.get(&old)) {
             if tx.body.fee <= old.tx.body.fee {
                 return Err(MempoolError::ReplacementFeeTooLow {
@@ -537,6 +566,70 @@ mod tests {
     }
 
     #[test]
+    fn one_sender_holds_at_most_its_share_and_may_still_replace() {
+        let params = ChainParams::regtest();
+        let mut state = params.genesis_state();
+        let other = SigningKey::from_bytes(&[0x31; 32]);
+        let other_address = Address::from_verifying_key(&other.verifying_key());
+        state.set_account(
+            &mut protocol::state::Journal::default(),
+            other_address,
+            protocol::Account {
+                balance: Amount(1_000_000),
+                ..protocol::Account::default()
+            },
+        );
+        let ctx = TipContext {
+            params: &params,
+            next_height: Height(1),
+            verifier: &NoTraining,
+        };
+        let mut pool = Mempool::new(MempoolLimits {
+            max_per_sender: 3,
+            ..MempoolLimits::default()
+        });
+        let now = Instant::now();
+        let faucet = protocol::params::faucet_key();
+        for nonce in 0..3 {
+            pool.insert(
+                transfer(&faucet, nonce, 1, 10, params.chain_id),
+                &mut state,
+                &ctx,
+                now,
+            )
+            .unwrap();
+        }
+        match pool.insert(
+            transfer(&faucet, 3, 1, 10, params.chain_id),
+            &mut state,
+            &ctx,
+            now,
+        ) {
+            Err(err @ MempoolError::SenderFull { pending: 3, .. }) => {
+                assert!(
+                    !err.is_malicious(),
+                    "a full queue is policy, not misbehaviour"
+                );
+                assert!(err.to_string().contains("3 transactions waiting"), "{err}");
+            }
+            other => panic!("expected SenderFull, got {other:?}"),
+        }
+        // A replacement takes no new slot; another sender has its own.
+        pool.insert(
+            transfer(&faucet, 2, 9, 10, params.chain_id),
+            &mut state,
+            &ctx,
+            now,
+        )
+        .unwrap();
+        let mut from_other = transfer(&other, 0, 1, 10, params.chain_id);
+        from_other.body.from = other_address;
+        let from_other = from_other.body.sign(&other, params.chain_id).unwrap();
+        pool.insert(from_other, &mut state, &ctx, now).unwrap();
+        assert_eq!(pool.len(), 4);
+    }
+
+    #[test]
     fn caps_evict_the_cheapest_and_old_entries_expire() {
         let params = ChainParams::regtest();
         let mut state = params.genesis_state();
@@ -548,6 +641,7 @@ mod tests {
         let limits = MempoolLimits {
             max_txs: 2,
             max_bytes: 1 << 20,
+            max_per_sender: MAX_PER_SENDER,
             expiry: Duration::from_secs(60),
         };
         let mut pool = Mempool::new(limits);

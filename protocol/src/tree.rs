@@ -253,20 +253,58 @@ fn wrap(own: Hash, prefix: &Key, depth: u16, split: u16) -> Hash {
 }
 
 /// The tree: its leaves, and a radix tree over them whose node hashes are
-/// kept until a leaf below them changes.
+/// kept until a leaf below them changes. Changes wait in a queue until a
+/// root or a proof is asked for: a state that is changed and rolled back
+/// many times between two roots (the mempool checking transactions against
+/// the tip) pays for its leaves' paths once, and only for leaves whose
+/// value really changed.
 #[derive(Default)]
 pub struct StateTree {
-    leaves: BTreeMap<Key, Hash>,
     /// Behind a lock so that a shared state can compute its root (which
-    /// fills in hashes).
-    root: Mutex<Option<Node>>,
+    /// applies the queued changes and fills in hashes).
+    inner: Mutex<Inner>,
+}
+
+#[derive(Clone, Default)]
+struct Inner {
+    /// Every leaf, as of the last root.
+    leaves: BTreeMap<Key, Hash>,
+    /// The radix tree over `leaves`.
+    root: Option<Node>,
+    /// Changes since the last root, the latest per key.
+    pending: BTreeMap<Key, Option<Hash>>,
+}
+
+impl Inner {
+    /// Applies the queued changes to the leaves and the radix tree,
+    /// skipping those that leave a leaf as it was.
+    fn apply_pending(&mut self) {
+        for (key, value) in std::mem::take(&mut self.pending) {
+            if self.leaves.get(&key) == value.as_ref() {
+                continue;
+            }
+            self.root = match (self.root.take(), value) {
+                (None, Some(value)) => Some(Node::Leaf { key, value }),
+                (None, None) => None,
+                (Some(node), Some(value)) => Some(node.insert(key, value)),
+                (Some(node), None) => node.remove(&key),
+            };
+            match value {
+                Some(value) => {
+                    self.leaves.insert(key, value);
+                }
+                None => {
+                    self.leaves.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 impl Clone for StateTree {
     fn clone(&self) -> Self {
         Self {
-            leaves: self.leaves.clone(),
-            root: Mutex::new(self.lock().clone()),
+            inner: Mutex::new(self.lock().clone()),
         }
     }
 }
@@ -274,56 +312,48 @@ impl Clone for StateTree {
 impl std::fmt::Debug for StateTree {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateTree")
-            .field("leaves", &self.leaves.len())
+            .field("leaves", &self.len())
             .finish_non_exhaustive()
     }
 }
 
 impl StateTree {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Node>> {
+    /// The tree with every queued change applied.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // The tree holds only what `set` put there and hashes derived from
         // it; a panic while it was held cannot leave a wrong hash behind.
-        self.root
+        let mut inner = self
+            .inner
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.apply_pending();
+        inner
     }
 
     /// Number of leaves.
     pub fn len(&self) -> usize {
-        self.leaves.len()
+        self.lock().leaves.len()
     }
 
     /// Whether the tree has no leaf.
     pub fn is_empty(&self) -> bool {
-        self.leaves.is_empty()
+        self.lock().leaves.is_empty()
     }
 
     /// Sets the leaf at `key` to `value` (a hash of the entry), or removes it
-    /// when `None`; the hashes on its path are recomputed at the next root.
+    /// when `None`; the leaf's path is updated and rehashed at the next root
+    /// or proof.
     pub fn set(&mut self, key: Key, value: Option<Hash>) {
-        let root = self
-            .root
+        self.inner
             .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *root = match (root.take(), value) {
-            (None, Some(value)) => Some(Node::Leaf { key, value }),
-            (None, None) => None,
-            (Some(node), Some(value)) => Some(node.insert(key, value)),
-            (Some(node), None) => node.remove(&key),
-        };
-        match value {
-            Some(value) => {
-                self.leaves.insert(key, value);
-            }
-            None => {
-                self.leaves.remove(&key);
-            }
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pending
+            .insert(key, value);
     }
 
     /// The root hash.
     pub fn root(&self) -> Hash {
-        match self.lock().as_mut() {
+        match self.lock().root.as_mut() {
             Some(node) => node.hash_at(0),
             None => EMPTY,
         }
@@ -332,7 +362,7 @@ impl StateTree {
     /// The root computed from the leaves alone, straight from the
     /// definition, caching nothing: what [`StateTree::root`] must equal.
     pub fn root_from_scratch(&self) -> Hash {
-        let leaves: Vec<(Key, Hash)> = self.leaves.iter().map(|(k, v)| (*k, *v)).collect();
+        let leaves: Vec<(Key, Hash)> = self.lock().leaves.iter().map(|(k, v)| (*k, *v)).collect();
         subtree_from_scratch(&leaves, 0)
     }
 
@@ -341,7 +371,7 @@ impl StateTree {
         let mut guard = self.lock();
         let mut siblings = Vec::new();
         let mut depth = 0u16;
-        let mut node = guard.as_mut();
+        let mut node = guard.root.as_mut();
         while let Some(current) = node {
             let (split, prefix) = match current {
                 Node::Leaf { key: found, value } => {
@@ -520,6 +550,33 @@ mod tests {
             tree.set(key(n + 1), Some([9; 32]));
             assert_eq!(tree.root(), tree.root_from_scratch(), "after removing {n}");
         }
+    }
+
+    #[test]
+    fn changes_made_and_undone_between_two_roots_leave_the_root_as_it_was() {
+        let mut tree = StateTree::default();
+        for n in 0..50u64 {
+            tree.set(key(n), Some(key(n + 1000)));
+        }
+        let root = tree.root();
+        // What the mempool does: apply, then roll back, many times.
+        for n in 0..50u64 {
+            tree.set(key(n), Some([7; 32]));
+            tree.set(key(n + 5000), Some([8; 32]));
+            tree.set(key(n), Some(key(n + 1000)));
+            tree.set(key(n + 5000), None);
+        }
+        assert_eq!(tree.len(), 50);
+        assert_eq!(tree.root(), root);
+        assert_eq!(tree.root_from_scratch(), root);
+        // A change queued and not undone shows in the root and the proof.
+        tree.set(key(3), Some([1; 32]));
+        let changed = tree.root();
+        assert_ne!(changed, root);
+        assert_eq!(changed, tree.root_from_scratch());
+        assert!(tree
+            .proof(&key(3))
+            .verify(&changed, &key(3), Some(&[1; 32])));
     }
 
     #[test]
