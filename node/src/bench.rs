@@ -31,6 +31,9 @@ pub struct HashBench {
     pub miner: f64,
     /// Which kernel the miner's scanner runs on this CPU.
     pub kernel: Kernel,
+    /// The miner's scanner on one thread, measured in the same run when
+    /// `threads` is more than one (the scaling baseline).
+    pub miner_one_thread: Option<f64>,
 }
 
 impl HashBench {
@@ -42,6 +45,13 @@ impl HashBench {
     /// The miner's scanner over naive.
     pub fn miner_ratio(&self) -> f64 {
         ratio(self.miner, self.naive)
+    }
+
+    /// The miner on `threads` threads over `threads` times its one-thread
+    /// rate (1.0 is perfect scaling).
+    pub fn scaling(&self) -> Option<f64> {
+        self.miner_one_thread
+            .map(|one| ratio(self.miner, one * self.threads as f64))
     }
 }
 
@@ -147,24 +157,35 @@ pub fn bench_hash(threads: usize, duration: Duration) -> HashBench {
     let naive = measure(threads, duration, naive_worker);
     let midstate = measure(threads, duration, midstate_worker);
     let miner = measure(threads, duration, miner_worker);
+    let miner_one_thread = (threads > 1).then(|| measure(1, duration, miner_worker));
     HashBench {
         threads,
         midstate,
         naive,
         miner,
         kernel: Kernel::detect(),
+        miner_one_thread,
     }
 }
 
-/// Builds regtest blocks full of faucet transfers, outside any node, so
-/// benchmarks can feed identical blocks to several nodes.
+/// Accounts a [`BlockFactory`] sends from, funded by its first block: with
+/// transfers spread over them, a block of 6,000 keeps each sender's pending
+/// transactions under the mempool's per-sender cap.
+pub const FACTORY_SENDERS: usize = 64;
+
+/// Builds regtest blocks full of transfers, outside any node, so
+/// benchmarks can feed identical blocks to several nodes. Its first block
+/// ([`BlockFactory::funding`]) moves coins from the faucet to
+/// [`FACTORY_SENDERS`] accounts; every later transfer comes from those, in
+/// turn.
 pub struct BlockFactory {
     params: protocol::ChainParams,
     state: protocol::State,
     tip: protocol::Block,
     height: protocol::Height,
-    nonce: u64,
-    key: ed25519_dalek::SigningKey,
+    senders: Vec<(ed25519_dalek::SigningKey, protocol::Address, u64)>,
+    next_sender: usize,
+    funding: protocol::Block,
 }
 
 impl std::fmt::Debug for BlockFactory {
@@ -196,38 +217,69 @@ pub enum BenchError {
 }
 
 impl BlockFactory {
-    /// A factory on the regtest genesis.
+    /// A factory on the regtest genesis, its funding block built.
     pub fn regtest() -> Result<Self, BenchError> {
         let params = protocol::ChainParams::regtest();
-        Ok(Self {
+        let faucet = protocol::params::faucet_key();
+        let senders: Vec<_> = (0..FACTORY_SENDERS)
+            .map(|i| {
+                let mut seed = [0xb7u8; 32];
+                seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+                let address = protocol::Address::from_verifying_key(&key.verifying_key());
+                (key, address, 0u64)
+            })
+            .collect();
+        let share = params
+            .faucet_premine
+            .0
+            .checked_div(2 * FACTORY_SENDERS as u64)
+            .ok_or_else(|| BenchError::Other("no senders".into()))?;
+        let funding_txs = senders
+            .iter()
+            .enumerate()
+            .map(|(nonce, (_, address, _))| {
+                transfer(&params, &faucet, nonce as u64, *address, share)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut factory = Self {
             state: params.genesis_state(),
             tip: params.genesis_block()?,
             height: protocol::Height::GENESIS,
-            nonce: 0,
-            key: protocol::params::faucet_key(),
+            senders,
+            next_sender: 0,
+            funding: params.genesis_block()?,
             params,
-        })
+        };
+        factory.funding = factory.block_of(funding_txs)?;
+        Ok(factory)
     }
 
-    /// Faucet transfers with the next nonces, not yet in any block.
+    /// The first block: the faucet funds the senders. Every block after it
+    /// spends from them, so it must be fed first.
+    pub fn funding(&self) -> &protocol::Block {
+        &self.funding
+    }
+
+    /// Transfers of 1 to fresh addresses, from the senders in turn with
+    /// their next nonces, not yet in any block.
     pub fn transfers(&mut self, count: usize) -> Result<Vec<protocol::SignedTx>, BenchError> {
         let mut out = Vec::with_capacity(count);
         for _ in 0..count {
-            let to = protocol::Address(rand::random());
-            let mut body = protocol::TxBody {
-                from: self.params.faucet,
-                nonce: self.nonce,
-                fee: protocol::Amount::ZERO,
-                kind: protocol::TxKind::Transfer {
-                    to,
-                    amount: protocol::Amount(1),
-                },
-            };
-            body.fee = body
-                .min_fee_at(self.params.min_fee_rate)?
-                .ok_or_else(|| BenchError::Other("fee overflow".into()))?;
-            let tx = body.sign(&self.key, self.params.chain_id)?;
-            self.nonce = self.nonce.saturating_add(1);
+            let index = self.next_sender;
+            self.next_sender = (index + 1) % self.senders.len().max(1);
+            let (key, _, nonce) = self
+                .senders
+                .get_mut(index)
+                .ok_or_else(|| BenchError::Other("no senders".into()))?;
+            let tx = transfer(
+                &self.params,
+                key,
+                *nonce,
+                protocol::Address(rand::random()),
+                1,
+            )?;
+            *nonce = nonce.saturating_add(1);
             out.push(tx);
         }
         Ok(out)
@@ -235,12 +287,20 @@ impl BlockFactory {
 
     /// The next block with `txs` fresh transfers, mined and applied.
     pub fn next_block(&mut self, txs: usize) -> Result<protocol::Block, BenchError> {
+        let transfers = self.transfers(txs)?;
+        self.block_of(transfers)
+    }
+
+    /// The next block carrying `transfers`, mined and applied.
+    fn block_of(
+        &mut self,
+        transfers: Vec<protocol::SignedTx>,
+    ) -> Result<protocol::Block, BenchError> {
         let verifier = crate::chain::NoTrainingEngine;
         let height = self
             .height
             .next()
             .ok_or_else(|| BenchError::Other("height overflow".into()))?;
-        let transfers = self.transfers(txs)?;
         let fees = transfers
             .iter()
             .try_fold(protocol::Amount::ZERO, |sum, tx| {
@@ -304,6 +364,29 @@ impl BlockFactory {
     }
 }
 
+/// A transfer of `amount` from `key` to `to`, paying the least fee.
+fn transfer(
+    params: &protocol::ChainParams,
+    key: &ed25519_dalek::SigningKey,
+    nonce: u64,
+    to: protocol::Address,
+    amount: u64,
+) -> Result<protocol::SignedTx, BenchError> {
+    let mut body = protocol::TxBody {
+        from: protocol::Address::from_verifying_key(&key.verifying_key()),
+        nonce,
+        fee: protocol::Amount::ZERO,
+        kind: protocol::TxKind::Transfer {
+            to,
+            amount: protocol::Amount(amount),
+        },
+    };
+    body.fee = body
+        .min_fee_at(params.min_fee_rate)?
+        .ok_or_else(|| BenchError::Other("fee overflow".into()))?;
+    Ok(body.sign(key, params.chain_id)?)
+}
+
 /// What [`bench_sync`] measured: seconds to validate and store the same
 /// blocks on each path, and to sync them over libp2p.
 #[derive(Clone, Copy, Debug)]
@@ -352,22 +435,37 @@ pub async fn bench_sync(blocks: usize, txs_per_block: usize) -> Result<SyncBench
     let dir = tempfile_dir()?;
     let threads = crate::signatures::available_threads();
     let cache = crate::signatures::SIGNATURE_CACHE_CAPACITY;
-    let generated =
-        tokio::task::spawn_blocking(move || -> Result<Vec<protocol::Block>, BenchError> {
+    let (funding, generated) = tokio::task::spawn_blocking(
+        move || -> Result<(protocol::Block, Vec<protocol::Block>), BenchError> {
             let mut factory = BlockFactory::regtest()?;
-            (0..blocks)
+            let blocks = (0..blocks)
                 .map(|_| factory.next_block(txs_per_block))
-                .collect()
-        })
-        .await
-        .map_err(|e| BenchError::Other(e.to_string()))??;
+                .collect::<Result<_, _>>()?;
+            Ok((factory.funding().clone(), blocks))
+        },
+    )
+    .await
+    .map_err(|e| BenchError::Other(e.to_string()))??;
+    // The funding block goes first everywhere, untimed.
+    let fund = |node: &crate::node::RunningNode| {
+        let (chain, funding) = (node.chain().clone(), funding.clone());
+        async move {
+            let hash = funding.hash();
+            chain
+                .submit_block(funding, crate::service::BlockSource::Peer("bench".into()))
+                .await?;
+            wait_for_tip(&chain, hash, Duration::from_secs(60)).await
+        }
+    };
     let last = generated
         .last()
         .map(protocol::Block::hash)
         .ok_or_else(|| BenchError::Other("no blocks asked".into()))?;
     let feed = |node: crate::node::RunningNode, name: &'static str| {
         let generated = generated.clone();
+        let funded = fund(&node);
         async move {
+            funded.await?;
             let start = Instant::now();
             for block in generated {
                 node.chain()
@@ -387,6 +485,7 @@ pub async fn bench_sync(blocks: usize, txs_per_block: usize) -> Result<SyncBench
     // Transactions first, untimed, as gossip would bring them; then each
     // block, timed until it is the tip.
     let seen = start_verifying(&dir.join("seen"), vec![], threads, cache).await?;
+    fund(&seen).await?;
     let mut seen_seconds = 0.0;
     for block in generated.iter().cloned() {
         for tx in &block.txs {
@@ -451,7 +550,7 @@ async fn wait_for_tip(
     Ok(())
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
+pub(crate) fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
     let dir = std::env::temp_dir().join(format!(
         "gradchain-bench-{}-{}",
         std::process::id(),
@@ -462,13 +561,29 @@ fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
     Ok(dir)
 }
 
-/// Latency percentiles of one gossip benchmark run, in seconds.
+/// Latency samples of one gossip benchmark run, in seconds: publication on
+/// the first node of a line of four until the last one has the message.
+/// Each block is timed on two lines side by side, one forwarding blocks
+/// only after validating them (the baseline) and one relaying early where
+/// [`crate::chain::Relay::Early`] allows.
 #[derive(Clone, Debug)]
 pub struct GossipBench {
-    /// Publish-to-last-node latencies of transactions.
+    /// Transactions (on the early-relay line).
     pub tx: Vec<f64>,
-    /// Publish-to-last-node latencies of blocks.
-    pub block: Vec<f64>,
+    /// Blocks whose transactions no node had seen, validated before relay.
+    pub unseen_validated: Vec<f64>,
+    /// The same blocks on the early-relay line (it must validate them too:
+    /// their signatures are unseen).
+    pub unseen_early: Vec<f64>,
+    /// Blocks whose transactions every node held, validated before relay.
+    pub seen_validated: Vec<f64>,
+    /// The same blocks on the early-relay line, until the last node had
+    /// connected them.
+    pub seen_early: Vec<f64>,
+    /// The same, until the last node had relayed them (passed its relay
+    /// check): the block has crossed the line, its validation at the last
+    /// hop still running.
+    pub seen_early_reached: Vec<f64>,
     /// Encoded size of the benchmark blocks.
     pub block_bytes: usize,
 }
@@ -487,8 +602,105 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Four regtest nodes in a line (A-B-C-D); times transactions and blocks
-/// near the size cap from publication on A until D (the last) has them.
+/// Four regtest nodes in a line (A-B-C-D), relaying blocks early or not.
+async fn start_line(
+    dir: &std::path::Path,
+    early_relay: bool,
+) -> Result<Vec<crate::node::RunningNode>, BenchError> {
+    let mut nodes: Vec<crate::node::RunningNode> = Vec::new();
+    for index in 0..4 {
+        let bootstrap = nodes
+            .last()
+            .and_then(|n| n.p2p_addr())
+            .into_iter()
+            .collect();
+        let mut config = crate::testkit::regtest_config(&dir.join(format!("n{index}")), bootstrap);
+        config.early_relay = early_relay;
+        config.http = None;
+        nodes.push(crate::node::start(config).await?);
+    }
+    crate::testkit::wait_until("the line of peers", Duration::from_secs(60), || {
+        let counts: Vec<usize> = nodes
+            .iter()
+            .skip(1)
+            .map(|n| n.network().peer_count())
+            .collect();
+        async move { counts.iter().all(|c| *c >= 1) }
+    })
+    .await
+    .map_err(BenchError::Other)?;
+    Ok(nodes)
+}
+
+/// Puts `block` on the line's first node, publishes it there, and times
+/// until every other node has it as its tip; with `relayed`, also until
+/// every other node relayed it early (the first of the two times).
+async fn time_block(
+    line: &[crate::node::RunningNode],
+    block: protocol::Block,
+    relayed: bool,
+) -> Result<(f64, f64), BenchError> {
+    let (first, rest) = line
+        .split_first()
+        .ok_or_else(|| BenchError::Other("no nodes".into()))?;
+    let hash = block.hash();
+    let bytes = protocol::codec::encode(&block)?;
+    first
+        .chain()
+        .submit_block(block, crate::service::BlockSource::Peer("bench".into()))
+        .await?;
+    let counted =
+        |node: &crate::node::RunningNode| node.observer().metrics.blocks_relayed_early.get();
+    let before: Vec<u64> = rest.iter().map(counted).collect();
+    let start = Instant::now();
+    first
+        .network()
+        .publish(crate::net::network::Topic::Blocks, bytes);
+    let mut reached = None;
+    if relayed {
+        let deadline = start + Duration::from_secs(120);
+        while rest.iter().zip(&before).any(|(n, b)| counted(n) <= *b) {
+            if Instant::now() > deadline {
+                return Err(BenchError::Other("a block was never relayed early".into()));
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        reached = Some(start.elapsed().as_secs_f64());
+    }
+    for node in rest {
+        wait_for_tip(node.chain(), hash, Duration::from_secs(120)).await?;
+    }
+    let tip = start.elapsed().as_secs_f64();
+    Ok((reached.unwrap_or(tip), tip))
+}
+
+/// Admits `block`'s transactions to every node's mempool, as gossip would
+/// have brought them before the block.
+async fn preload(
+    nodes: &[&crate::node::RunningNode],
+    block: &protocol::Block,
+) -> Result<(), BenchError> {
+    let admit = nodes.iter().map(|node| async move {
+        for tx in &block.txs {
+            if let protocol::Transaction::Signed(signed) = tx {
+                node.chain()
+                    .submit_tx(signed.clone())
+                    .await?
+                    .map_err(|e| BenchError::Other(format!("mempool refused a transfer: {e}")))?;
+            }
+        }
+        Ok::<_, BenchError>(())
+    });
+    futures::future::try_join_all(admit).await?;
+    Ok(())
+}
+
+/// Two lines of four regtest nodes (A-B-C-D), one forwarding blocks only
+/// after validating them and one relaying early. Each block near the size
+/// cap is timed on both, from publication on A until D (the last) has it:
+/// first blocks no node has seen the transactions of, then blocks whose
+/// transactions every node admitted first (as gossip brings them before a
+/// block). Then transactions, on the early-relay line.
 pub async fn bench_gossip(
     tx_samples: usize,
     block_samples: usize,
@@ -498,9 +710,12 @@ pub async fn bench_gossip(
     let mut factory = tokio::task::spawn_blocking(BlockFactory::regtest)
         .await
         .map_err(|e| BenchError::Other(e.to_string()))??;
+    // The funding block as a warm-up (it lets the gossip meshes form and is
+    // not counted), then the unseen and the seen rounds.
+    let count = block_samples.saturating_mul(2);
     let (factory_back, blocks) = tokio::task::spawn_blocking(move || -> Result<_, BenchError> {
-        let blocks = (0..=block_samples)
-            .map(|_| factory.next_block(txs_per_block))
+        let blocks = std::iter::once(Ok(factory.funding().clone()))
+            .chain((0..count).map(|_| factory.next_block(txs_per_block)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((factory, blocks))
     })
@@ -508,56 +723,50 @@ pub async fn bench_gossip(
     .map_err(|e| BenchError::Other(e.to_string()))??;
     factory = factory_back;
     let block_bytes = blocks
-        .first()
+        .get(1)
         .map(|b| b.encode().map(|e| e.len()))
         .transpose()?
         .unwrap_or(0);
 
-    let mut nodes: Vec<crate::node::RunningNode> = Vec::new();
-    for index in 0..4 {
-        let bootstrap = nodes
-            .last()
-            .and_then(|n| n.p2p_addr())
-            .into_iter()
-            .collect();
-        nodes.push(
-            crate::testkit::start_regtest(&dir.join(format!("n{index}")), bootstrap, None).await?,
-        );
+    let validated = start_line(&dir.join("validated"), false).await?;
+    let early = start_line(&dir.join("early"), true).await?;
+    let everyone: Vec<&crate::node::RunningNode> = validated.iter().chain(early.iter()).collect();
+    let mut result = GossipBench {
+        tx: Vec::new(),
+        unseen_validated: Vec::new(),
+        unseen_early: Vec::new(),
+        seen_validated: Vec::new(),
+        seen_early: Vec::new(),
+        seen_early_reached: Vec::new(),
+        block_bytes,
+    };
+    for (round, block) in blocks.into_iter().enumerate() {
+        let seen = round > block_samples;
+        if seen {
+            preload(&everyone, &block).await?;
+        }
+        let (_, on_validated) = time_block(&validated, block.clone(), false).await?;
+        let (reached, on_early) = time_block(&early, block, seen).await?;
+        match (round, seen) {
+            (0, _) => {}
+            (_, false) => {
+                result.unseen_validated.push(on_validated);
+                result.unseen_early.push(on_early);
+            }
+            (_, true) => {
+                result.seen_validated.push(on_validated);
+                result.seen_early.push(on_early);
+                result.seen_early_reached.push(reached);
+            }
+        }
     }
-    let (first, rest) = nodes
+
+    // Then transactions, the first one again a warm-up.
+    let (first, rest) = early
         .split_first()
         .ok_or_else(|| BenchError::Other("no nodes".into()))?;
-    crate::testkit::wait_until("the line of peers", Duration::from_secs(60), || {
-        let counts: Vec<usize> = rest.iter().map(|n| n.network().peer_count()).collect();
-        async move { counts.iter().all(|c| *c >= 1) }
-    })
-    .await
-    .map_err(BenchError::Other)?;
-    // Blocks first (they spend the faucet's first nonces); the first one
-    // also lets the gossip meshes form and is not counted.
-    let mut block_latencies = Vec::new();
-    for (round, block) in blocks.into_iter().enumerate() {
-        let hash = block.hash();
-        let bytes = protocol::codec::encode(&block)?;
-        first
-            .chain()
-            .submit_block(block, crate::service::BlockSource::Peer("bench".into()))
-            .await?;
-        let start = Instant::now();
-        first
-            .network()
-            .publish(crate::net::network::Topic::Blocks, bytes);
-        for node in rest {
-            wait_for_tip(node.chain(), hash, Duration::from_secs(120)).await?;
-        }
-        if round > 0 {
-            block_latencies.push(start.elapsed().as_secs_f64());
-        }
-    }
-    // Then transactions, the first one again a warm-up.
     let warm = factory.transfers(1)?;
     let mut expected_mempool = 0usize;
-    let mut tx_latencies = Vec::new();
     for (round, tx) in warm
         .into_iter()
         .chain(factory.transfers(tx_samples)?)
@@ -584,18 +793,15 @@ pub async fn bench_gossip(
             .map_err(|_| BenchError::Other("the chain task stopped".into()))?;
         }
         if round > 0 {
-            tx_latencies.push(start.elapsed().as_secs_f64());
+            result.tx.push(start.elapsed().as_secs_f64());
         }
     }
-    for node in nodes {
+    drop(everyone);
+    for node in validated.into_iter().chain(early) {
         node.stop().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(GossipBench {
-        tx: tx_latencies,
-        block: block_latencies,
-        block_bytes,
-    })
+    Ok(result)
 }
 
 /// Latencies of one HTTP benchmark run, in seconds, per request kind: each

@@ -110,6 +110,37 @@ enum BenchKind {
         #[arg(long, default_value_t = 6000)]
         txs_per_block: usize,
     },
+    /// A network of regtest nodes in one process: block propagation, stale
+    /// blocks, mempool convergence, and a partition's heal.
+    Network {
+        /// Nodes.
+        #[arg(long, default_value_t = 32)]
+        nodes: usize,
+        /// Least peers per node.
+        #[arg(long, default_value_t = 6)]
+        min_peers: usize,
+        /// Most peers per node.
+        #[arg(long, default_value_t = 8)]
+        max_peers: usize,
+        /// Nodes that find blocks.
+        #[arg(long, default_value_t = 8)]
+        miners: usize,
+        /// Mean seconds between blocks.
+        #[arg(long, default_value_t = 2.0)]
+        block_interval: f64,
+        /// Transfers per second.
+        #[arg(long, default_value_t = 20.0)]
+        tx_rate: f64,
+        /// Seconds of steady flow.
+        #[arg(long, default_value_t = 60.0)]
+        steady: f64,
+        /// Seconds the two halves stay apart.
+        #[arg(long, default_value_t = 20.0)]
+        partition: f64,
+        /// Seed of the topology and the block finders.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Connecting a block of transfers on a small and a large state: the
     /// state tree makes the cost independent of the state's size.
     Connect {
@@ -371,6 +402,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             );
             println!("ratio midstate/naive  {:.2}x", result.ratio());
             println!("ratio miner/naive     {:.2}x", result.miner_ratio());
+            if let (Some(one), Some(scaling)) = (result.miner_one_thread, result.scaling()) {
+                println!(
+                    "miner on 1 thread {:.2} MH/s; on {} threads {:.2} MH/s = {:.2}x of {} x 1 thread",
+                    one / 1e6,
+                    result.threads,
+                    result.miner / 1e6,
+                    scaling,
+                    result.threads
+                );
+            }
             Ok(())
         }
         Command::Bench {
@@ -431,20 +472,98 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 txs_per_block,
             ))?;
             use crate::bench::percentile;
-            println!("4 nodes in a line A-B-C-D, latency from publication on A to arrival on all of B, C, D");
             println!(
-                "transaction ({} samples)            p50 {:>8.2} ms  p99 {:>8.2} ms",
-                r.tx.len(),
-                percentile(&r.tx, 0.5) * 1e3,
-                percentile(&r.tx, 0.99) * 1e3
+                "4 nodes in a line A-B-C-D, latency from publication on A to arrival on all of B, C, D"
             );
+            let row = |what: &str, samples: &[f64]| {
+                println!(
+                    "{what:<52} ({:>3} samples)  p50 {:>8.2} ms  p99 {:>8.2} ms",
+                    samples.len(),
+                    percentile(samples, 0.5) * 1e3,
+                    percentile(samples, 0.99) * 1e3
+                );
+            };
+            row("transaction", &r.tx);
+            let kb = r.block_bytes as f64 / 1e3;
+            row(
+                &format!("block {kb:.0} kB, txs unseen, validated before relay"),
+                &r.unseen_validated,
+            );
+            row(
+                &format!("block {kb:.0} kB, txs unseen, early relay on"),
+                &r.unseen_early,
+            );
+            row(
+                &format!("block {kb:.0} kB, txs seen, validated before relay"),
+                &r.seen_validated,
+            );
+            row(
+                &format!("block {kb:.0} kB, txs seen, relayed early"),
+                &r.seen_early,
+            );
+            row(
+                "  the same, until B, C and D had relayed it",
+                &r.seen_early_reached,
+            );
+            let ratio =
+                |a: &[f64], b: &[f64], p: f64| percentile(a, p) / percentile(b, p).max(1e-9);
             println!(
-                "block of {} bytes ({} samples)  p50 {:>8.2} ms  p99 {:>8.2} ms",
-                r.block_bytes,
-                r.block.len(),
-                percentile(&r.block, 0.5) * 1e3,
-                percentile(&r.block, 0.99) * 1e3
+                "ratio seen early/validated, connected on all: p50 {:.2}  p99 {:.2}; relayed by all: p50 {:.2}  p99 {:.2}",
+                ratio(&r.seen_early, &r.seen_validated, 0.5),
+                ratio(&r.seen_early, &r.seen_validated, 0.99),
+                ratio(&r.seen_early_reached, &r.seen_validated, 0.5),
+                ratio(&r.seen_early_reached, &r.seen_validated, 0.99)
             );
+            println!("(block rows time until B, C and D have the block as their tip, unless said otherwise)");
+            Ok(())
+        }
+        Command::Bench {
+            which:
+                BenchKind::Network {
+                    nodes,
+                    min_peers,
+                    max_peers,
+                    miners,
+                    block_interval,
+                    tx_rate,
+                    steady,
+                    partition,
+                    seed,
+                },
+        } => {
+            let seconds = |name: &str, value: f64| {
+                Duration::try_from_secs_f64(value).map_err(|_| {
+                    anyhow::anyhow!("--{name} {value}: expected a number of seconds ≥ 0")
+                })
+            };
+            if !(tx_rate > 0.0 && tx_rate.is_finite()) {
+                bail!("--tx-rate {tx_rate}: expected a positive number of transfers per second");
+            }
+            if block_interval <= 0.0 {
+                bail!("--block-interval {block_interval}: expected a positive number of seconds");
+            }
+            if nodes < 2 || miners == 0 || min_peers > max_peers {
+                bail!("--nodes {nodes} --miners {miners} --min-peers {min_peers} --max-peers {max_peers}: expected at least 2 nodes, 1 miner, and min-peers ≤ max-peers");
+            }
+            let config = crate::simnet::SimConfig {
+                nodes,
+                min_peers,
+                max_peers,
+                miners,
+                block_interval: seconds("block-interval", block_interval)?,
+                tx_rate,
+                steady: seconds("steady", steady)?,
+                partition: seconds("partition", partition)?,
+                seed,
+            };
+            let dir = crate::bench::tempfile_dir()?;
+            let report = runtime()?.block_on(crate::simnet::simulate(&config, &dir));
+            let _ = std::fs::remove_dir_all(&dir);
+            let report = report?;
+            println!(
+                "{miners} miners, a block every {block_interval} s on average, {tx_rate} transfers/s, {steady} s steady, {partition} s apart"
+            );
+            println!("{report}");
             Ok(())
         }
         Command::Bench {

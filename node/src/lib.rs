@@ -27,6 +27,7 @@ pub mod nonce_scan;
 pub mod observe;
 pub mod service;
 pub mod signatures;
+pub mod simnet;
 pub mod store;
 pub mod testkit;
 pub mod verifier;

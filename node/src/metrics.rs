@@ -43,6 +43,10 @@ pub struct Metrics {
     pub blocks_accepted: Counter,
     /// Blocks refused, by reason.
     pub blocks_rejected: Family<Labels, Counter>,
+    /// Gossiped blocks forwarded before their full validation.
+    pub blocks_relayed_early: Counter,
+    /// Of those, blocks whose validation then failed.
+    pub blocks_relayed_early_invalid: Counter,
     /// Main-chain switches to another branch.
     pub reorgs: Counter,
     /// Blocks disconnected by each reorg.
@@ -113,6 +117,16 @@ impl Metrics {
             "blocks_rejected",
             "Blocks refused, by reason",
             metrics.blocks_rejected.clone(),
+        );
+        r.register(
+            "blocks_relayed_early",
+            "Gossiped blocks forwarded before their full validation",
+            metrics.blocks_relayed_early.clone(),
+        );
+        r.register(
+            "blocks_relayed_early_invalid",
+            "Blocks forwarded before their full validation that then failed it",
+            metrics.blocks_relayed_early_invalid.clone(),
         );
         r.register(
             "reorgs",
@@ -210,6 +224,8 @@ impl Metrics {
             blocks_mined: Counter::default(),
             blocks_accepted: Counter::default(),
             blocks_rejected: Family::default(),
+            blocks_relayed_early: Counter::default(),
+            blocks_relayed_early_invalid: Counter::default(),
             reorgs: Counter::default(),
             hashrate: Gauge::default(),
             jobs: Family::default(),

@@ -69,6 +69,11 @@ pub struct NodeConfig {
     /// block carrying them skips them (0 verifies every signature of every
     /// block).
     pub signature_cache: usize,
+    /// Forward a gossiped block that would become the tip, and whose
+    /// signatures this node already verified, as soon as its header, proof
+    /// of work and stateless rules check out, before its full validation
+    /// (default: on; see [`crate::chain::Chain::relay_verdict`]).
+    pub early_relay: bool,
     /// How pending results are audited.
     pub audit: AuditConfig,
     /// Where the HTTP API listens; `None` turns it off.
@@ -121,6 +126,7 @@ impl NodeConfig {
             mempool: MempoolLimits::default(),
             signature_threads: crate::signatures::available_threads(),
             signature_cache: crate::signatures::SIGNATURE_CACHE_CAPACITY,
+            early_relay: true,
             audit: AuditConfig {
                 fraction: DEFAULT_AUDIT_FRACTION,
                 key: None,
@@ -371,6 +377,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         peer_id,
         behind: behind_tx,
         blobs: blobs.clone(),
+        early_relay: config.early_relay,
+        observer: observer.clone(),
     };
     let jobs_ctx = JobsContext {
         chain: chain.clone(),

@@ -17,7 +17,7 @@ use protocol::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::chain::{BlockOutcome, BlockTemplate, Chain, ChainError, ChainNote, TipSnapshot};
+use crate::chain::{BlockOutcome, BlockTemplate, Chain, ChainError, ChainNote, Relay, TipSnapshot};
 use crate::mempool::MempoolError;
 use crate::metrics::label;
 use crate::observe::{unix_seconds, Event, Observer};
@@ -51,6 +51,8 @@ enum Command {
     SubmitBlock {
         block: Box<Block>,
         source: BlockSource,
+        /// Hears [`Chain::relay_verdict`] before the block is validated.
+        relay: Option<oneshot::Sender<Relay>>,
         reply: oneshot::Sender<Result<BlockOutcome, ChainError>>,
     },
     SubmitTx {
@@ -365,10 +367,14 @@ fn run_chain(
             Command::SubmitBlock {
                 block,
                 source,
+                relay,
                 reply,
             } => {
                 let hash = block.hash();
                 let started = std::time::Instant::now();
+                if let Some(relay) = relay {
+                    let _ = relay.send(chain.relay_verdict(&block, unix_now()));
+                }
                 let result = match &source {
                     BlockSource::Peer(_) => chain.process_unrequested(*block, unix_now()),
                     BlockSource::Mined | BlockSource::Sync(_) => {
@@ -983,6 +989,28 @@ impl ChainHandle {
             .call(|reply| Command::SubmitBlock {
                 block,
                 source,
+                relay: None,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Hands a gossiped block to the chain like [`Self::submit_block`];
+    /// `relay` hears whether it may be forwarded at once
+    /// ([`Chain::relay_verdict`]) before the block is validated, so the
+    /// caller can forward it while this call waits for the validation.
+    pub async fn submit_gossip_block(
+        &self,
+        block: Block,
+        source: BlockSource,
+        relay: oneshot::Sender<Relay>,
+    ) -> Result<BlockOutcome, ServiceError> {
+        let block = Box::new(block);
+        Ok(self
+            .call(|reply| Command::SubmitBlock {
+                block,
+                source,
+                relay: Some(relay),
                 reply,
             })
             .await??)

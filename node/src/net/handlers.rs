@@ -20,14 +20,15 @@ use libp2p::PeerId;
 use protocol::blob::BlobName;
 use protocol::codec;
 use protocol::{Block, ChainParams, SignedTx, TxId, TxKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::network::{NetworkClient, Topic};
 use super::wire::{SyncRequest, SyncResponse, MAX_BLOCKS_PER_REQUEST, MAX_LOCATOR, MAX_SYNC_FRAME};
 use crate::blobs::{self, BlobStore};
-use crate::chain::{BlockOutcome, MAX_HEADERS};
+use crate::chain::{BlockOutcome, Relay, MAX_HEADERS};
 use crate::mempool::MempoolError;
 use crate::miner::MinerStats;
+use crate::observe::Observer;
 use crate::service::{BlockSource, ChainHandle, ServiceError};
 
 /// Penalty for bytes that do not decode.
@@ -54,6 +55,11 @@ pub struct Context {
     pub behind: mpsc::UnboundedSender<PeerId>,
     /// Datasets, weights and training states.
     pub blobs: BlobStore,
+    /// Forward blocks before their full validation where
+    /// [`Relay::Early`] allows.
+    pub early_relay: bool,
+    /// Events and metrics.
+    pub observer: Arc<Observer>,
 }
 
 /// One line for a result arriving.
@@ -109,16 +115,39 @@ impl std::fmt::Debug for Context {
     }
 }
 
-/// Validates one gossip message and reports the verdict.
+/// Validates one gossip message and reports the verdict (a block may have
+/// it reported before its validation ends: [`Relay::Early`]).
 pub async fn on_gossip(ctx: Context, topic: Topic, source: PeerId, id: MessageId, data: Vec<u8>) {
-    let acceptance = match topic {
-        Topic::Blocks => on_gossip_block(&ctx, source, &data).await,
-        Topic::Txs => on_gossip_tx(&ctx, source, &data).await,
-    };
-    ctx.network.report(id, source, acceptance);
+    match topic {
+        Topic::Blocks => on_gossip_block(&ctx, source, id, &data).await,
+        Topic::Txs => {
+            let acceptance = on_gossip_tx(&ctx, source, &data).await;
+            ctx.network.report(id, source, acceptance);
+        }
+    }
 }
 
-async fn on_gossip_block(ctx: &Context, source: PeerId, data: &[u8]) -> MessageAcceptance {
+/// A gossiped block. Gossipsub forwards a message once it is reported
+/// `Accept`, so that report is the relay: for most blocks it follows the
+/// full validation, and only a block that becomes the tip is relayed (a
+/// flood of cheap siblings goes no further than one node). A block that
+/// [`crate::chain::Chain::relay_verdict`] clears is reported `Accept`
+/// before its validation, which then runs as for any block; if it fails,
+/// nobody is blamed, since the sender may have relayed it the same way.
+async fn on_gossip_block(ctx: &Context, source: PeerId, id: MessageId, data: &[u8]) {
+    if let Some(acceptance) = gossip_block(ctx, source, id.clone(), data).await {
+        ctx.network.report(id, source, acceptance);
+    }
+}
+
+/// The verdict on a gossiped block, or `None` when it was already reported
+/// (relayed early).
+async fn gossip_block(
+    ctx: &Context,
+    source: PeerId,
+    id: MessageId,
+    data: &[u8],
+) -> Option<MessageAcceptance> {
     let limit = ctx.params.max_block_bytes;
     let block: Block = match codec::decode_with_limit(data, limit) {
         Ok(block) => block,
@@ -129,16 +158,40 @@ async fn on_gossip_block(ctx: &Context, source: PeerId, data: &[u8]) -> MessageA
                 MALFORMED_PENALTY,
                 format!("undecodable block: {err}"),
             );
-            return MessageAcceptance::Reject;
+            return Some(MessageAcceptance::Reject);
         }
     };
+    let from = BlockSource::Peer(source.to_string());
     // The chain checks proof of work first; data a block's fraud proofs
     // need is fetched only once the block parks for it (crate::jobs).
-    match ctx
-        .chain
-        .submit_block(block, BlockSource::Peer(source.to_string()))
-        .await
-    {
+    let result = if ctx.early_relay {
+        let (relay, verdict) = oneshot::channel();
+        let chain = ctx.chain.clone();
+        let validation =
+            tokio::spawn(async move { chain.submit_gossip_block(block, from, relay).await });
+        // The verdict comes before the validation; a stopped chain task
+        // drops it unsent.
+        if verdict.await == Ok(Relay::Early) {
+            ctx.network.report(id, source, MessageAcceptance::Accept);
+            let metrics = &ctx.observer.metrics;
+            metrics.blocks_relayed_early.inc();
+            if !matches!(validation.await, Ok(Ok(BlockOutcome::NewTip { .. }))) {
+                metrics.blocks_relayed_early_invalid.inc();
+                tracing::warn!(
+                    peer = %source,
+                    "a block relayed before its validation failed it; its sender is not blamed"
+                );
+            }
+            return None;
+        }
+        match validation.await {
+            Ok(result) => result,
+            Err(_) => return Some(MessageAcceptance::Ignore),
+        }
+    } else {
+        ctx.chain.submit_block(block, from).await
+    };
+    Some(match result {
         // Only a block that moved the tip is relayed: a side block stays
         // here, so a flood of cheap siblings goes no further than one node.
         Ok(BlockOutcome::NewTip { .. }) => MessageAcceptance::Accept,
@@ -157,7 +210,7 @@ async fn on_gossip_block(ctx: &Context, source: PeerId, data: &[u8]) -> MessageA
             MessageAcceptance::Reject
         }
         Err(_) => MessageAcceptance::Ignore,
-    }
+    })
 }
 
 async fn on_gossip_tx(ctx: &Context, source: PeerId, data: &[u8]) -> MessageAcceptance {

@@ -190,6 +190,12 @@ enum Command {
     Connect {
         addr: Multiaddr,
     },
+    Block {
+        peer: PeerId,
+    },
+    Unblock {
+        peer: PeerId,
+    },
     Penalty {
         peer: PeerId,
         reply: oneshot::Sender<(u32, bool)>,
@@ -262,6 +268,21 @@ impl NetworkClient {
     /// Dials `addr` and keeps reconnecting to it with backoff.
     pub fn connect(&self, addr: Multiaddr) {
         self.send(Command::Connect { addr });
+    }
+
+    /// Cuts this node off from `peer` until [`Self::unblock_peer`]: closes
+    /// its connections and refuses new ones. An operator's tool (and a
+    /// network simulation's partition), not a ban: it carries no penalty
+    /// and is not remembered across restarts.
+    pub fn block_peer(&self, peer: PeerId) {
+        self.send(Command::Block { peer });
+    }
+
+    /// Lifts [`Self::block_peer`] (a peer also banned stays out until its
+    /// ban ends) and redials it at once if it is one this node keeps
+    /// connected to.
+    pub fn unblock_peer(&self, peer: PeerId) {
+        self.send(Command::Unblock { peer });
     }
 
     /// Sends a sync request and waits for the answer.
@@ -382,6 +403,8 @@ pub struct EventLoop {
     addrs: HashMap<PeerId, Multiaddr>,
     peers: Arc<AtomicUsize>,
     dialed: Vec<Dialed>,
+    /// Peers cut off by [`NetworkClient::block_peer`].
+    held_off: HashSet<PeerId>,
     metrics: Option<Arc<libp2p::metrics::Metrics>>,
 }
 
@@ -559,6 +582,7 @@ pub async fn start(
             addrs: HashMap::new(),
             peers,
             dialed,
+            held_off: HashSet::new(),
             metrics: config.metrics.clone(),
         },
         event_rx,
@@ -620,7 +644,7 @@ impl EventLoop {
             }
             if entry
                 .peer
-                .is_some_and(|p| self.book.is_banned(&p, unix_now()))
+                .is_some_and(|p| self.held_off.contains(&p) || self.book.is_banned(&p, unix_now()))
             {
                 continue;
             }
@@ -706,7 +730,9 @@ impl EventLoop {
     fn expire_bans(&mut self) {
         for peer in self.book.expire(unix_now()) {
             tracing::info!(%peer, "ban ended");
-            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            if !self.held_off.contains(&peer) {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
         }
     }
 
@@ -739,6 +765,23 @@ impl EventLoop {
             } => self.penalise(peer, points, &reason),
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Block { peer } => {
+                tracing::info!(%peer, "peer blocked until unblocked");
+                self.held_off.insert(peer);
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+            Command::Unblock { peer } => {
+                if self.held_off.remove(&peer) && !self.book.is_banned(&peer, unix_now()) {
+                    tracing::info!(%peer, "peer unblocked");
+                    self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                    let now = Instant::now();
+                    for entry in self.dialed.iter_mut().filter(|d| d.peer == Some(peer)) {
+                        entry.next_attempt = now;
+                        entry.backoff = FIRST_BACKOFF;
+                    }
+                    self.redial();
+                }
             }
             Command::SyncRequest { peer, data, reply } => {
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer, data);
