@@ -14,8 +14,8 @@
 //! - mempool convergence: for each transfer, the time from its submission
 //!   until 50, 90 and 100% of the nodes admitted it;
 //! - the heal: two halves cut apart find blocks on their own; once the
-//!   links are back, the time until every node is on the heavier half's
-//!   tip with the same state root.
+//!   links are back, the time until every node is on one tip with one
+//!   state root.
 //!
 //! Blocks are found by the harness, not by the nodes' miners: regtest's
 //! proof of work is trivial, so a hash race would say nothing. Instead the
@@ -246,8 +246,10 @@ pub struct SimReport {
     pub partition_blocks: (usize, usize),
     /// Links cut.
     pub cut_links: usize,
-    /// Seconds from the heal until every node had the heavier half's tip.
+    /// Seconds from the heal until every node was on one tip.
     pub heal_seconds: f64,
+    /// Blocks found after the heal to break a tie between equal branches.
+    pub heal_extra_blocks: usize,
     /// Blocks the lighter half disconnected to get there.
     pub heal_reorg_depth: u64,
     /// Whether every node ended on one tip with one state root.
@@ -308,6 +310,48 @@ impl Network {
     fn next_gap(&mut self, mean: Duration) -> Duration {
         let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
         mean.mul_f64(-u.ln())
+    }
+
+    /// Waits until every node is on one tip, and returns it with the blocks
+    /// found to get there. Two branches of equal work never resolve by
+    /// themselves (each node keeps the one it saw first), so every few
+    /// seconds without agreement one more block is found, as the next
+    /// block of a real network would break the tie.
+    async fn converge(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(crate::chain::TipSnapshot, usize), BenchError> {
+        let deadline = Instant::now() + timeout;
+        let mut extra = 0usize;
+        loop {
+            let agreed = crate::testkit::wait_until("one tip", Duration::from_secs(5), || {
+                let first = self.nodes.first().map(|n| n.chain().tip().tip);
+                let all = self
+                    .nodes
+                    .iter()
+                    .all(|n| Some(n.chain().tip().tip) == first);
+                async move { all }
+            })
+            .await;
+            if agreed.is_ok() {
+                let tip = self
+                    .nodes
+                    .first()
+                    .ok_or_else(|| BenchError::Other("no nodes".into()))?
+                    .chain()
+                    .tip();
+                return Ok((tip, extra));
+            }
+            if Instant::now() >= deadline {
+                return Err(BenchError::Other(format!(
+                    "the nodes found no common tip in {timeout:?}"
+                )));
+            }
+            if let Some(finder) = self.pick_finder(&|_| true) {
+                self.find_block(finder).await?;
+                extra = extra.saturating_add(1);
+            }
+        }
     }
 
     async fn wait_all_on(&self, tip: BlockHash, timeout: Duration) -> Result<(), BenchError> {
@@ -489,13 +533,7 @@ pub async fn simulate(config: &SimConfig, dir: &std::path::Path) -> Result<SimRe
     }
     // Let the last block and transfers settle: every node on the heaviest
     // tip, the point the two halves will fork from.
-    let fork = net
-        .nodes
-        .iter()
-        .map(|n| n.chain().tip())
-        .max_by(|a, b| a.total_work.cmp(&b.total_work))
-        .ok_or_else(|| BenchError::Other("no nodes".into()))?;
-    net.wait_all_on(fork.tip, Duration::from_secs(60)).await?;
+    let (fork, _) = net.converge(Duration::from_secs(60)).await?;
     let steady_found = std::mem::take(&mut net.found);
 
     // The partition: the lower and the upper half, every link between them
@@ -582,8 +620,7 @@ pub async fn simulate(config: &SimConfig, dir: &std::path::Path) -> Result<SimRe
         net.nodes[*a].network().unblock_peer(pb);
         net.nodes[*b].network().unblock_peer(pa);
     }
-    net.wait_all_on(heavier.tip, Duration::from_secs(120))
-        .await?;
+    let (final_tip, heal_extra_blocks) = net.converge(Duration::from_secs(120)).await?;
     let heal_seconds = healed.elapsed().as_secs_f64();
     let roots: BTreeSet<_> = net
         .nodes
@@ -605,9 +642,10 @@ pub async fn simulate(config: &SimConfig, dir: &std::path::Path) -> Result<SimRe
         partition_blocks,
         cut_links: cut.len(),
         heal_seconds,
+        heal_extra_blocks,
         heal_reorg_depth,
         converged: roots.len() == 1 && final_tips.len() == 1,
-        final_height: heavier.height.0,
+        final_height: final_tip.height.0,
         txs_sent: sent.len(),
         ..SimReport::default()
     };
@@ -711,8 +749,8 @@ impl std::fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "partition: {} links cut, halves found {} and {} blocks apart; after the heal every node on the heavier tip in {:.2} s (lighter half disconnected {} blocks)",
-            self.cut_links, self.partition_blocks.0, self.partition_blocks.1, self.heal_seconds, self.heal_reorg_depth
+            "partition: {} links cut, halves found {} and {} blocks apart; after the heal every node on one tip in {:.2} s (lighter half disconnected {} blocks; {} more blocks found to break ties)",
+            self.cut_links, self.partition_blocks.0, self.partition_blocks.1, self.heal_seconds, self.heal_reorg_depth, self.heal_extra_blocks
         )?;
         write!(
             f,

@@ -175,12 +175,16 @@ async fn gossip_block(
             ctx.network.report(id, source, MessageAcceptance::Accept);
             let metrics = &ctx.observer.metrics;
             metrics.blocks_relayed_early.inc();
-            if !matches!(validation.await, Ok(Ok(BlockOutcome::NewTip { .. }))) {
-                metrics.blocks_relayed_early_invalid.inc();
-                tracing::warn!(
-                    peer = %source,
-                    "a block relayed before its validation failed it; its sender is not blamed"
-                );
+            // Only a consensus failure counts as invalid; a block parked
+            // for data this node lacks, or a store error, is node-local.
+            if let Ok(Err(ServiceError::Chain(err))) = validation.await {
+                if err.is_peer_fault() {
+                    metrics.blocks_relayed_early_invalid.inc();
+                    tracing::warn!(
+                        peer = %source, reason = %err,
+                        "a block relayed before its validation failed it; its sender is not blamed"
+                    );
+                }
             }
             return None;
         }
