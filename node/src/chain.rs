@@ -18,9 +18,9 @@ use std::time::Instant;
 
 use protocol::pow::Work;
 use protocol::validation::{
-    apply_block_presigned, check_block_body, check_header, check_tx_rules, expected_bits,
-    median_time_past, template_state_root_presigned, undo_block, HeaderContext, Presigned, TxError,
-    MEDIAN_TIME_SPAN,
+    apply_checked_block, check_block_body, check_header, check_tx_rules, expected_bits,
+    median_time_past, template_state_root_presigned, undo_block, CheckedBlock, HeaderContext,
+    Presigned, TxError, MEDIAN_TIME_SPAN,
 };
 use protocol::{
     merkle_root, Address, Amount, Block, BlockError, BlockHash, ChainParams, Coinbase,
@@ -266,6 +266,24 @@ pub enum Relay {
     AfterValidation,
 }
 
+/// What [`Chain::screen`] found, check by check.
+enum Screen {
+    /// It, or its parent, is known invalid.
+    KnownInvalid,
+    /// It is stored already.
+    Known,
+    /// Its hash does not meet its own bits.
+    BadProofOfWork(HeaderError),
+    /// Its parent is not stored.
+    Orphan,
+    /// A header rule fails in its parent's context.
+    BadHeader(HeaderError),
+    /// Its cumulative work overflows.
+    WorkOverflow,
+    /// Every cheap check passed: its height and cumulative work.
+    Passed { height: Height, work: Work },
+}
+
 #[derive(Clone, Copy, Debug)]
 struct IndexEntry {
     header: Header,
@@ -370,6 +388,9 @@ pub struct Chain {
     signatures: SignatureCache,
     /// Threads that verify a block's unseen signatures.
     signature_threads: usize,
+    /// The block being accepted, checked, while it is connected (so it is
+    /// not read back from the store and hashed again).
+    recent: Option<CheckedBlock>,
 }
 
 /// A transaction found by id, and its main-chain block with that block's
@@ -486,8 +507,10 @@ impl Chain {
             notes: Vec::new(),
             signatures: SignatureCache::new(SIGNATURE_CACHE_CAPACITY),
             signature_threads: signatures::available_threads(),
+            recent: None,
         };
-        chain.switch_to_best_on_start()?;
+        let switched = chain.switch_to_best_on_start();
+        chain.durable(switched)?;
         Ok(chain)
     }
 
@@ -690,7 +713,42 @@ impl Chain {
     /// Validates and stores `block`, switching the main chain to it when its
     /// branch has more work, then does the same for orphans it unblocks.
     pub fn process_block(&mut self, block: Block, now: u32) -> Result<BlockOutcome, ChainError> {
+        let result = self.process(block, now, false);
+        self.durable(result)
+    }
+
+    /// [`Self::process_block`] for one block of a batch (a sync response):
+    /// what it stores is not yet durable, and the caller calls
+    /// [`Self::make_durable`] once after the batch, before it reports any
+    /// of it, so a batch costs one `fsync` instead of one per block.
+    pub fn process_in_batch(&mut self, block: Block, now: u32) -> Result<BlockOutcome, ChainError> {
         self.process(block, now, false)
+    }
+
+    /// Makes everything stored so far durable (see [`Store::make_durable`]).
+    pub fn make_durable(&mut self) -> Result<(), ChainError> {
+        self.durable(Ok(()))
+    }
+
+    /// Whether something stored is not yet durable.
+    pub fn store_has_pending(&self) -> bool {
+        self.store.has_pending()
+    }
+
+    /// Makes the store durable before `result` is reported: every caller
+    /// that changed the chain ends here. A failure to sync is a store error
+    /// (node-local); a block's own error still wins over it.
+    fn durable<T>(&mut self, result: Result<T, ChainError>) -> Result<T, ChainError> {
+        match self.store.make_durable() {
+            Ok(()) => result,
+            Err(err) => {
+                tracing::error!(reason = %err, "cannot make the store durable");
+                match result {
+                    Ok(_) => Err(err.into()),
+                    Err(first) => Err(first),
+                }
+            }
+        }
     }
 
     /// [`Self::process_block`] for a block nobody asked for (gossip): a
@@ -701,7 +759,8 @@ impl Chain {
         block: Block,
         now: u32,
     ) -> Result<BlockOutcome, ChainError> {
-        self.process(block, now, true)
+        let result = self.process(block, now, true);
+        self.durable(result)
     }
 
     /// Whether a gossiped `block` may be forwarded before its full
@@ -728,30 +787,11 @@ impl Chain {
     /// high-bandwidth relay. Whoever forwarded it is not blamed: an honest
     /// node forwards exactly such blocks (see the gossip handler).
     pub fn relay_verdict(&self, block: &Block, now: u32) -> Relay {
-        let hash = block.hash();
-        if self.invalid.contains(&hash)
-            || self.invalid.contains(&block.header.prev)
-            || self.index.contains_key(&hash)
-        {
-            return Relay::AfterValidation;
-        }
-        let sealed = block.header.seal();
-        if protocol::validation::check_proof_of_work(&sealed, &self.params).is_err() {
-            return Relay::AfterValidation;
-        }
-        let Some((context, height)) = self.header_context(&block.header.prev, now) else {
+        let Screen::Passed { height, work } = self.screen(block, &block.hash(), now) else {
             return Relay::AfterValidation;
         };
-        if check_header(&sealed, &context, &self.params).is_err() {
+        if work <= self.total_work() {
             return Relay::AfterValidation;
-        }
-        let parent_work = self
-            .index
-            .get(&block.header.prev)
-            .map_or(Work::ZERO, |e| e.work);
-        match parent_work.checked_add(block_work(&block.header)) {
-            Some(work) if work > self.total_work() => {}
-            _ => return Relay::AfterValidation,
         }
         let Ok(ids) = check_block_body(block, height, &self.params) else {
             return Relay::AfterValidation;
@@ -761,6 +801,40 @@ impl Chain {
             Relay::Early
         } else {
             Relay::AfterValidation
+        }
+    }
+
+    /// The cheap checks every arriving block goes through first, in this
+    /// order, none costing more than one header hash: set lookups (known
+    /// invalid, already stored); proof of work against the header's own
+    /// bits; the parent's index entry (an unknown parent makes an orphan)
+    /// and the header's rules in that context; the cumulative work.
+    fn screen(&self, block: &Block, hash: &BlockHash, now: u32) -> Screen {
+        if self.invalid.contains(hash) || self.invalid.contains(&block.header.prev) {
+            return Screen::KnownInvalid;
+        }
+        if self.index.contains_key(hash) {
+            return Screen::Known;
+        }
+        let sealed = block.header.seal();
+        // Proof of work first: it is cheap and decides whether the block
+        // may take space in the orphan pool.
+        if let Err(source) = protocol::validation::check_proof_of_work(&sealed, &self.params) {
+            return Screen::BadProofOfWork(source);
+        }
+        let Some((context, height)) = self.header_context(&block.header.prev, now) else {
+            return Screen::Orphan;
+        };
+        if let Err(source) = check_header(&sealed, &context, &self.params) {
+            return Screen::BadHeader(source);
+        }
+        let parent_work = self
+            .index
+            .get(&block.header.prev)
+            .map_or(Work::ZERO, |e| e.work);
+        match parent_work.checked_add(block_work(&block.header)) {
+            Some(work) => Screen::Passed { height, work },
+            None => Screen::WorkOverflow,
         }
     }
 
@@ -801,45 +875,42 @@ impl Chain {
         now: u32,
         unrequested: bool,
     ) -> Result<BlockOutcome, ChainError> {
-        if self.invalid.contains(&hash) || self.invalid.contains(&block.header.prev) {
-            self.invalid.insert(hash);
-            return Err(ChainError::KnownInvalid { hash });
-        }
-        if self.index.contains_key(&hash) {
-            return Ok(BlockOutcome::AlreadyKnown);
-        }
-        let sealed = block.header.seal();
-        // Proof of work first: it is cheap and decides whether the block may
-        // take space in the orphan pool.
-        protocol::validation::check_proof_of_work(&sealed, &self.params)
-            .map_err(|source| ChainError::InvalidHeader { hash, source })?;
-        let Some((context, height)) = self.header_context(&block.header.prev, now) else {
-            let parent = block.header.prev;
-            self.orphans.insert(hash, block);
-            return Ok(BlockOutcome::Orphan { parent });
-        };
-        if let Err(source) = check_header(&sealed, &context, &self.params) {
-            if !matches!(source, HeaderError::TimeTooNew { .. }) {
+        let (height, work) = match self.screen(&block, &hash, now) {
+            Screen::KnownInvalid => {
                 self.invalid.insert(hash);
+                return Err(ChainError::KnownInvalid { hash });
             }
-            return Err(ChainError::InvalidHeader { hash, source });
-        }
-        if let Err(source) = check_block_body(&block, height, &self.params) {
-            self.invalid.insert(hash);
-            return Err(ChainError::InvalidBlock { hash, source });
-        }
-        let parent_work = self
-            .index
-            .get(&block.header.prev)
-            .map(|e| e.work)
-            .unwrap_or(Work::ZERO);
-        let work =
-            parent_work
-                .checked_add(block_work(&block.header))
-                .ok_or(ChainError::InvalidBlock {
+            Screen::Known => return Ok(BlockOutcome::AlreadyKnown),
+            Screen::BadProofOfWork(source) => {
+                return Err(ChainError::InvalidHeader { hash, source })
+            }
+            Screen::Orphan => {
+                let parent = block.header.prev;
+                self.orphans.insert(hash, block);
+                return Ok(BlockOutcome::Orphan { parent });
+            }
+            Screen::BadHeader(source) => {
+                if !matches!(source, HeaderError::TimeTooNew { .. }) {
+                    self.invalid.insert(hash);
+                }
+                return Err(ChainError::InvalidHeader { hash, source });
+            }
+            Screen::WorkOverflow => {
+                return Err(ChainError::InvalidBlock {
                     hash,
                     source: BlockError::Overflow("cumulative work"),
-                })?;
+                })
+            }
+            Screen::Passed { height, work } => (height, work),
+        };
+        let checked = match CheckedBlock::check(block, height, &self.params) {
+            Ok(checked) => checked,
+            Err(source) => {
+                self.invalid.insert(hash);
+                return Err(ChainError::InvalidBlock { hash, source });
+            }
+        };
+        let block = checked.block();
         // A block that becomes the tip is fully applied at once. One that
         // would sit on a side branch is refused, cheapest check first, when
         // it forks too deep or (unasked for) lags too far behind: it costs
@@ -861,7 +932,7 @@ impl Chain {
                     return Err(ChainError::OutOfReach { hash, behind });
                 }
             }
-            self.check_side_block_txs(&block, hash)?;
+            self.check_side_block_txs(&checked, hash)?;
         }
         let seq = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(1);
@@ -871,7 +942,7 @@ impl Chain {
             work,
             seq,
         };
-        self.store.put_block(&block, &stored)?;
+        self.store.put_encoded(&hash, checked.encoded(), &stored)?;
         let block1_time = if height == Height(1) {
             Some(block.header.time)
         } else {
@@ -890,7 +961,12 @@ impl Chain {
             },
         );
         if work > self.total_work() {
-            let activation = self.activate(hash)?;
+            let txs = block.txs.len();
+            // Connecting it finds it here rather than reading it back.
+            self.recent = Some(checked);
+            let activation = self.activate(hash);
+            self.recent = None;
+            let activation = activation?;
             if let Some((bad, source)) = activation.failed {
                 if source.is_node_local() {
                     return Err(ChainError::AwaitingData { hash: bad, source });
@@ -901,7 +977,7 @@ impl Chain {
             Ok(BlockOutcome::NewTip {
                 height: self.height(),
                 hash: self.tip(),
-                txs: block.txs.len(),
+                txs,
                 reorg,
             })
         } else {
@@ -950,7 +1026,12 @@ impl Chain {
         behind
     }
 
-    fn check_side_block_txs(&mut self, block: &Block, hash: BlockHash) -> Result<(), ChainError> {
+    fn check_side_block_txs(
+        &mut self,
+        checked: &CheckedBlock,
+        hash: BlockHash,
+    ) -> Result<(), ChainError> {
+        let block = checked.block();
         // Cheap rules of every transaction first, then the signatures not
         // verified before, on every core.
         let mut failure = None;
@@ -963,8 +1044,8 @@ impl Chain {
             }
         }
         if failure.is_none() {
-            let presigned = signatures::verify_block(
-                block,
+            let presigned = signatures::verify_checked_block(
+                checked,
                 &self.params,
                 &mut self.signatures,
                 self.signature_threads,
@@ -1148,29 +1229,42 @@ impl Chain {
 
     /// Applies the stored block `hash` on top of the tip and commits it.
     fn connect(&mut self, hash: &BlockHash) -> Result<Result<(), BlockError>, ChainError> {
-        let (block, size) = self
-            .store
-            .block_and_size(hash)?
-            .ok_or_else(|| StoreError::Missing(format!("block {hash}")))?;
         let height = self
             .index
             .get(hash)
             .map(|e| e.height)
             .ok_or_else(|| StoreError::Missing(format!("index entry of {hash}")))?;
+        // The block just accepted is at hand, checked; any other is read
+        // back and its body checked again (one pass, as when it came).
+        let checked = match self.recent.take() {
+            Some(recent) if recent.hash() == *hash && recent.height() == height => recent,
+            other => {
+                self.recent = other;
+                let block = self
+                    .store
+                    .block(hash)?
+                    .ok_or_else(|| StoreError::Missing(format!("block {hash}")))?;
+                match CheckedBlock::check(block, height, &self.params) {
+                    Ok(checked) => checked,
+                    Err(source) => return Ok(Err(source)),
+                }
+            }
+        };
+        let block = checked.block();
+        let size = checked.encoded().len();
         // The block's header, proof of work and structure were checked
         // when it was stored. Its signatures now, those the mempool
         // verified skipped and the rest on every core; then the state, in
         // order (see `crate::signatures` for why the result is the same).
-        let presigned = signatures::verify_block(
-            &block,
+        let presigned = signatures::verify_checked_block(
+            &checked,
             &self.params,
             &mut self.signatures,
             self.signature_threads,
         );
-        let undo = match apply_block_presigned(
+        let undo = match apply_checked_block(
             &mut self.state,
-            &block,
-            height,
+            &checked,
             &self.params,
             &*self.verifier,
             Presigned::These(&presigned),
@@ -1179,7 +1273,10 @@ impl Chain {
             Err(source) => return Ok(Err(source)),
         };
         let delta = StateDelta::after(&self.state, &undo);
-        if let Err(err) = self.store.connect(&block, hash, height, &undo, &delta) {
+        if let Err(err) = self
+            .store
+            .connect(checked.ids(), hash, height, &undo, &delta)
+        {
             undo_block(&mut self.state, &undo);
             return Err(err.into());
         }
@@ -1208,10 +1305,8 @@ impl Chain {
                 .map(|c| c.outcome)
                 .collect(),
         });
-        for tx in &block.txs {
-            if let Ok(id) = tx.id() {
-                self.mempool.remove(&id);
-            }
+        for id in checked.ids() {
+            self.mempool.remove(id);
         }
         Ok(Ok(()))
     }
@@ -1311,6 +1406,11 @@ impl Chain {
     /// still missing its data is parked again. Returns the new tip when the
     /// main chain moved.
     pub fn retry_parked(&mut self) -> Result<Option<BlockOutcome>, ChainError> {
+        let result = self.retry_parked_deferred();
+        self.durable(result)
+    }
+
+    fn retry_parked_deferred(&mut self) -> Result<Option<BlockOutcome>, ChainError> {
         if self.parked.is_empty() {
             return Ok(None);
         }

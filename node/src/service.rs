@@ -55,6 +55,11 @@ enum Command {
         relay: Option<oneshot::Sender<Relay>>,
         reply: oneshot::Sender<Result<BlockOutcome, ChainError>>,
     },
+    SubmitBlocks {
+        blocks: Vec<Block>,
+        source: BlockSource,
+        reply: oneshot::Sender<(Vec<BlockOutcome>, Option<ChainError>)>,
+    },
     SubmitTx {
         tx: Box<SignedTx>,
         reply: oneshot::Sender<Result<TxId, MempoolError>>,
@@ -385,6 +390,34 @@ fn run_chain(
                 log_block(&chain, &source, hash, &result, validate_us);
                 count_block(observer, &source, &result);
                 let _ = reply.send(result);
+            }
+            Command::SubmitBlocks {
+                blocks,
+                source,
+                reply,
+            } => {
+                let mut outcomes = Vec::with_capacity(blocks.len());
+                let mut stopped = None;
+                for block in blocks {
+                    let hash = block.hash();
+                    let started = std::time::Instant::now();
+                    let result = chain.process_in_batch(block, unix_now());
+                    let validate_us = started.elapsed().as_micros();
+                    log_block(&chain, &source, hash, &result, validate_us);
+                    count_block(observer, &source, &result);
+                    match result {
+                        Ok(outcome) => outcomes.push(outcome),
+                        Err(err) => {
+                            stopped = Some(err);
+                            break;
+                        }
+                    }
+                }
+                // Durable before the reply, the notes and the new tip.
+                if let Err(err) = chain.make_durable() {
+                    stopped.get_or_insert(err);
+                }
+                let _ = reply.send((outcomes, stopped));
             }
             Command::SubmitTx { tx, reply } => {
                 let view =
@@ -993,6 +1026,23 @@ impl ChainHandle {
                 reply,
             })
             .await??)
+    }
+
+    /// Hands a batch of blocks (a sync response) to the chain, processed
+    /// in order until the first error and made durable once at the end:
+    /// the outcome of each block processed and the error that stopped the
+    /// batch, if any.
+    pub async fn submit_blocks(
+        &self,
+        blocks: Vec<Block>,
+        source: BlockSource,
+    ) -> Result<(Vec<BlockOutcome>, Option<ChainError>), ServiceError> {
+        self.call(|reply| Command::SubmitBlocks {
+            blocks,
+            source,
+            reply,
+        })
+        .await
     }
 
     /// Hands a gossiped block to the chain like [`Self::submit_block`];

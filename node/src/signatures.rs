@@ -11,12 +11,13 @@
 //! Every path uses one rule, [`protocol::SignedTx::verify_signature`]
 //! (strict ed25519): no batch verification, whose equation accepts
 //! signatures the strict check refuses. What this module reports verified
-//! is handed to [`protocol::validation::apply_block_presigned`], which
+//! is handed to [`protocol::validation::apply_checked_block`], which
 //! verifies the rest itself in block order, so a block is valid or invalid,
 //! with the same error, whichever path ran.
 
 use std::collections::{HashSet, VecDeque};
 
+use protocol::validation::CheckedBlock;
 use protocol::{Block, ChainParams, SignedTx, Transaction, TxId};
 
 /// How many verified transaction ids are remembered: the mempool's default
@@ -91,13 +92,36 @@ pub fn verify_block(
     cache: &mut SignatureCache,
     threads: usize,
 ) -> Vec<bool> {
+    let ids: Vec<Option<TxId>> = block.txs.iter().map(|tx| tx.id().ok()).collect();
+    verify_with_ids(block, &ids, params, cache, threads)
+}
+
+/// [`verify_block`] for a block whose body was checked: its transaction
+/// ids are not computed again.
+pub fn verify_checked_block(
+    checked: &CheckedBlock,
+    params: &ChainParams,
+    cache: &mut SignatureCache,
+    threads: usize,
+) -> Vec<bool> {
+    let ids: Vec<Option<TxId>> = checked.ids().iter().copied().map(Some).collect();
+    verify_with_ids(checked.block(), &ids, params, cache, threads)
+}
+
+fn verify_with_ids(
+    block: &Block,
+    ids: &[Option<TxId>],
+    params: &ChainParams,
+    cache: &mut SignatureCache,
+    threads: usize,
+) -> Vec<bool> {
     let mut verified = vec![false; block.txs.len()];
     let mut pending: Vec<(usize, TxId, &SignedTx)> = Vec::new();
     for (index, tx) in block.txs.iter().enumerate() {
         let Transaction::Signed(signed) = tx else {
             continue;
         };
-        let Ok(id) = signed.id() else {
+        let Some(id) = ids.get(index).copied().flatten() else {
             continue;
         };
         if cache.contains(&id) {
@@ -210,6 +234,9 @@ mod tests {
             })
             .collect();
         assert_eq!(strict.iter().filter(|ok| !**ok).count(), 5);
+        let mut linked = block.clone();
+        linked.header.merkle_root = protocol::merkle_root(&linked.tx_ids().unwrap());
+        let checked = CheckedBlock::check(linked, Height(1), &params).unwrap();
         for threads in [1, 2, 3, 7, 16] {
             let mut cache = SignatureCache::new(SIGNATURE_CACHE_CAPACITY);
             assert_eq!(
@@ -218,6 +245,13 @@ mod tests {
                 "{threads} threads"
             );
             assert_eq!(cache.len(), 46, "only good signatures are remembered");
+            let mut cache = SignatureCache::new(SIGNATURE_CACHE_CAPACITY);
+            assert_eq!(
+                verify_checked_block(&checked, &params, &mut cache, threads),
+                strict,
+                "{threads} threads, ids from the body check"
+            );
+            assert_eq!(cache.len(), 46);
         }
     }
 

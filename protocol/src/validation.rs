@@ -1061,13 +1061,83 @@ pub fn check_block_body(
     height: Height,
     params: &ChainParams,
 ) -> Result<Vec<TxId>, BlockError> {
+    check_body(block, height, params).map(|(ids, _)| ids)
+}
+
+/// A block whose body passed [`check_block_body`] at a height, with what
+/// the check computed: the transaction ids and the block's encoding. A node
+/// checks a block's body when it first sees it, then stores and applies
+/// it; carrying these along with the block means each transaction is
+/// encoded and hashed once, not once per step. Only
+/// [`CheckedBlock::check`] makes one, and it owns its block, so what it
+/// carries is always that block's.
+#[derive(Clone, Debug)]
+pub struct CheckedBlock {
+    block: Block,
+    hash: BlockHash,
+    height: Height,
+    ids: Vec<TxId>,
+    encoded: Vec<u8>,
+}
+
+impl CheckedBlock {
+    /// Runs [`check_block_body`] on `block` at `height`, keeping its
+    /// results.
+    pub fn check(block: Block, height: Height, params: &ChainParams) -> Result<Self, BlockError> {
+        let (ids, encoded) = check_body(&block, height, params)?;
+        Ok(Self {
+            hash: block.hash(),
+            block,
+            height,
+            ids,
+            encoded,
+        })
+    }
+
+    /// The block.
+    pub fn block(&self) -> &Block {
+        &self.block
+    }
+
+    /// The block's hash.
+    pub fn hash(&self) -> BlockHash {
+        self.hash
+    }
+
+    /// The height it was checked at.
+    pub fn height(&self) -> Height {
+        self.height
+    }
+
+    /// The transaction ids, in block order (the coinbase's first).
+    pub fn ids(&self) -> &[TxId] {
+        &self.ids
+    }
+
+    /// The block's canonical encoding.
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    /// The block, given back.
+    pub fn into_block(self) -> Block {
+        self.block
+    }
+}
+
+fn check_body(
+    block: &Block,
+    height: Height,
+    params: &ChainParams,
+) -> Result<(Vec<TxId>, Vec<u8>), BlockError> {
     if block.txs.len() > params.max_block_txs {
         return Err(BlockError::TooManyTxs {
             count: block.txs.len(),
             max: params.max_block_txs,
         });
     }
-    let size = block.encode()?.len();
+    let encoded = block.encode()?;
+    let size = encoded.len();
     if size > params.max_block_bytes {
         return Err(BlockError::TooLarge {
             size,
@@ -1109,7 +1179,7 @@ pub fn check_block_body(
             got: block.header.merkle_root,
         });
     }
-    Ok(ids)
+    Ok((ids, encoded))
 }
 
 /// Applies a block's transactions at `height` without checking the state
@@ -1249,8 +1319,41 @@ pub fn apply_block_presigned(
     verifier: &dyn SegmentVerifier,
     presigned: Presigned<'_>,
 ) -> Result<BlockUndo, BlockError> {
-    let ids = check_block_body(block, height, params)?;
-    let journal = apply_body(state, &block.txs, &ids, height, params, verifier, presigned)?;
+    let (ids, _) = check_body(block, height, params)?;
+    apply_checked_body(state, block, &ids, height, params, verifier, presigned)
+}
+
+/// [`apply_block_presigned`] for a block whose body was checked already
+/// at the height it is applied at: its transactions are not encoded and
+/// hashed again.
+pub fn apply_checked_block(
+    state: &mut State,
+    checked: &CheckedBlock,
+    params: &ChainParams,
+    verifier: &dyn SegmentVerifier,
+    presigned: Presigned<'_>,
+) -> Result<BlockUndo, BlockError> {
+    apply_checked_body(
+        state,
+        &checked.block,
+        &checked.ids,
+        checked.height,
+        params,
+        verifier,
+        presigned,
+    )
+}
+
+fn apply_checked_body(
+    state: &mut State,
+    block: &Block,
+    ids: &[TxId],
+    height: Height,
+    params: &ChainParams,
+    verifier: &dyn SegmentVerifier,
+    presigned: Presigned<'_>,
+) -> Result<BlockUndo, BlockError> {
+    let journal = apply_body(state, &block.txs, ids, height, params, verifier, presigned)?;
     let root = match state.root() {
         Ok(root) => root,
         Err(err) => {

@@ -187,44 +187,32 @@ impl SyncDriver {
             let hashes: Vec<BlockHash> = headers.iter().map(|h| h.seal().hash()).collect();
             let missing = self.chain.missing(hashes).await?;
             let mut queue: VecDeque<BlockHash> = missing.into();
-            while !queue.is_empty() {
+            // Fetching the next batch overlaps connecting the one before:
+            // the chain task validates while the peer answers. Each batch
+            // is connected in one call and made durable once.
+            let mut ready: Vec<Block> = Vec::new();
+            loop {
                 let batch: Vec<BlockHash> = queue
                     .iter()
                     .take(BODY_BATCH.min(MAX_BLOCKS_PER_REQUEST))
                     .copied()
                     .collect();
-                let blocks = match self
-                    .request(
-                        peer,
-                        &SyncRequest::GetBlocks {
-                            hashes: batch.clone(),
-                        },
-                    )
-                    .await?
-                {
-                    SyncResponse::Blocks(blocks) => blocks,
-                    _ => {
-                        return Err(SyncError::Invalid(
-                            peer,
-                            "headers sent for a blocks request".into(),
-                        ))
+                if batch.is_empty() && ready.is_empty() {
+                    break;
+                }
+                let fetch = async {
+                    if batch.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        self.fetch_blocks(peer, &batch).await
                     }
                 };
-                if blocks.is_empty() {
-                    return Err(SyncError::Stalled(
-                        peer,
-                        "no blocks for hashes it announced".into(),
-                    ));
-                }
-                for (block, expected) in blocks.into_iter().zip(batch) {
-                    if block.hash() != expected {
-                        return Err(SyncError::Invalid(
-                            peer,
-                            format!("sent block {} for {expected}", block.hash()),
-                        ));
-                    }
+                let connect = self.connect_all(peer, std::mem::take(&mut ready));
+                let (fetched, connected) = tokio::join!(fetch, connect);
+                total = total.saturating_add(connected?);
+                ready = fetched?;
+                for _ in 0..ready.len() {
                     queue.pop_front();
-                    total = total.saturating_add(self.connect(peer, block).await?);
                 }
             }
             // A part of a longer branch: go on while it moves our tip (the
@@ -292,18 +280,80 @@ impl SyncDriver {
         }
     }
 
-    async fn connect(&self, peer: PeerId, block: Block) -> Result<usize, SyncError> {
-        match self
-            .chain
-            .submit_block(block, BlockSource::Sync(peer.to_string()))
-            .await
+    /// The bodies of `hashes` (a prefix of them, as many as fit one
+    /// response), checked to be the blocks asked for, in order. Who pays:
+    /// the peer's answer is bounded by the request's frame limit, and each
+    /// block costs one header hash here before the chain sees it.
+    async fn fetch_blocks(
+        &self,
+        peer: PeerId,
+        hashes: &[BlockHash],
+    ) -> Result<Vec<Block>, SyncError> {
+        let blocks = match self
+            .request(
+                peer,
+                &SyncRequest::GetBlocks {
+                    hashes: hashes.to_vec(),
+                },
+            )
+            .await?
         {
-            Ok(BlockOutcome::NewTip { .. } | BlockOutcome::SideChain { .. }) => Ok(1),
-            Ok(_) => Ok(0),
-            Err(ServiceError::Chain(err)) if err.is_peer_fault() => {
-                Err(SyncError::Invalid(peer, err.to_string()))
+            SyncResponse::Blocks(blocks) => blocks,
+            _ => {
+                return Err(SyncError::Invalid(
+                    peer,
+                    "headers sent for a blocks request".into(),
+                ))
             }
-            Err(err) => Err(err.into()),
+        };
+        if blocks.is_empty() {
+            return Err(SyncError::Stalled(
+                peer,
+                "no blocks for hashes it announced".into(),
+            ));
+        }
+        if blocks.len() > hashes.len() {
+            return Err(SyncError::Invalid(
+                peer,
+                format!("sent {} blocks for {} hashes", blocks.len(), hashes.len()),
+            ));
+        }
+        for (block, expected) in blocks.iter().zip(hashes) {
+            let hash = block.hash();
+            if hash != *expected {
+                return Err(SyncError::Invalid(
+                    peer,
+                    format!("sent block {hash} for {expected}"),
+                ));
+            }
+        }
+        Ok(blocks)
+    }
+
+    /// Connects a batch of fetched blocks in one call to the chain task;
+    /// returns how many were stored. A block that breaks a consensus rule
+    /// is the peer's fault; a node-local failure is not.
+    async fn connect_all(&self, peer: PeerId, blocks: Vec<Block>) -> Result<usize, SyncError> {
+        if blocks.is_empty() {
+            return Ok(0);
+        }
+        let (outcomes, stopped) = self
+            .chain
+            .submit_blocks(blocks, BlockSource::Sync(peer.to_string()))
+            .await?;
+        let stored = outcomes
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    BlockOutcome::NewTip { .. } | BlockOutcome::SideChain { .. }
+                )
+            })
+            .count();
+        match stopped {
+            None => Ok(stored),
+            Some(err) if err.is_peer_fault() => Err(SyncError::Invalid(peer, err.to_string())),
+            Some(err) => Err(ServiceError::Chain(err).into()),
         }
     }
 }

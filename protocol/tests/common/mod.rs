@@ -428,13 +428,30 @@ impl TestChain {
         let now = block.header.time;
         check_header(&block.sealed_header(), &self.context(now), &self.params)?;
         let height = self.height().next().unwrap();
-        let undo = apply_block(
+        // A node checks a block's body once and applies the checked block
+        // (transaction ids carried along): that path must agree exactly
+        // with the plain one, in result and in state, on every block.
+        let mut checked_state = self.state.clone();
+        let checked = validation::CheckedBlock::check(block.clone(), height, &self.params)
+            .and_then(|checked| {
+                validation::apply_checked_block(
+                    &mut checked_state,
+                    &checked,
+                    &self.params,
+                    &self.verifier,
+                    validation::Presigned::Nothing,
+                )
+            });
+        let plain = apply_block(
             &mut self.state,
             &block,
             height,
             &self.params,
             &self.verifier,
-        )?;
+        );
+        assert_eq!(checked, plain, "checked and plain application differ");
+        assert_eq!(checked_state, self.state, "checked and plain states differ");
+        let undo = plain?;
         self.blocks.push(block);
         self.undos.push(undo);
         Ok(())
