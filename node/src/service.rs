@@ -1017,12 +1017,21 @@ impl ChainHandle {
         block: Block,
         source: BlockSource,
     ) -> Result<BlockOutcome, ServiceError> {
+        self.submit(block, source, None).await
+    }
+
+    async fn submit(
+        &self,
+        block: Block,
+        source: BlockSource,
+        relay: Option<oneshot::Sender<Relay>>,
+    ) -> Result<BlockOutcome, ServiceError> {
         let block = Box::new(block);
         Ok(self
             .call(|reply| Command::SubmitBlock {
                 block,
                 source,
-                relay: None,
+                relay,
                 reply,
             })
             .await??)
@@ -1055,15 +1064,7 @@ impl ChainHandle {
         source: BlockSource,
         relay: oneshot::Sender<Relay>,
     ) -> Result<BlockOutcome, ServiceError> {
-        let block = Box::new(block);
-        Ok(self
-            .call(|reply| Command::SubmitBlock {
-                block,
-                source,
-                relay: Some(relay),
-                reply,
-            })
-            .await??)
+        self.submit(block, source, Some(relay)).await
     }
 
     /// Offers a transaction to the mempool.

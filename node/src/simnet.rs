@@ -697,29 +697,24 @@ impl std::fmt::Display for SimReport {
             self.nodes, self.edges, self.degree.0, self.degree.2, self.degree.1
         )?;
         let table = |f: &mut std::fmt::Formatter<'_>, what: &str, spread: &Spread, count: usize| {
-            writeln!(
-                f,
-                "{what:<28} {count:>5}   to 50%: p50 {:>7.1} p90 {:>7.1} max {:>7.1} ms",
-                Spread::summary(&spread.half).0,
-                Spread::summary(&spread.half).1,
-                Spread::summary(&spread.half).2
-            )?;
-            writeln!(
-                f,
-                "{:<36}to 90%: p50 {:>7.1} p90 {:>7.1} max {:>7.1} ms",
-                "",
-                Spread::summary(&spread.most).0,
-                Spread::summary(&spread.most).1,
-                Spread::summary(&spread.most).2
-            )?;
-            writeln!(
-                f,
-                "{:<35}to 100%: p50 {:>7.1} p90 {:>7.1} max {:>7.1} ms",
-                "",
-                Spread::summary(&spread.all).0,
-                Spread::summary(&spread.all).1,
-                Spread::summary(&spread.all).2
-            )
+            let rows = [
+                ("50%", &spread.half),
+                ("90%", &spread.most),
+                ("100%", &spread.all),
+            ];
+            for (row, (reach, samples)) in rows.into_iter().enumerate() {
+                let (p50, p90, max) = Spread::summary(samples);
+                let head = if row == 0 {
+                    format!("{what:<28} {count:>5}")
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    f,
+                    "{head:<34} to {reach:>4}: p50 {p50:>7.1} p90 {p90:>7.1} max {max:>7.1} ms"
+                )?;
+            }
+            Ok::<(), std::fmt::Error>(())
         };
         table(f, "main-chain blocks", &self.blocks, self.blocks.all.len())?;
         if self.blocks.incomplete > 0 {
