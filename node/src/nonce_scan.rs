@@ -20,7 +20,7 @@
 //! register loads and stores into arrays whose bounds are checked.
 #![allow(unsafe_code)]
 
-use protocol::hash::HeaderHasher;
+use protocol::header::HeaderHasher;
 use protocol::{BlockHash, Header, Target, HEADER_SIZE, NONCE_OFFSET};
 
 /// Nonces hashed together by the SHA-NI path.
