@@ -14,8 +14,8 @@ use protocol::segments::segments_root;
 use protocol::{Digest, F32Bits, JobResult, JobSpec, SegmentLeaf, Task, TestMetric};
 
 use crate::dataset::Dataset;
+use crate::run::{spec_error, TrainError};
 use crate::session::Session;
-use crate::train::{spec_error, TrainError};
 
 /// What a lazy worker claims and what it holds.
 #[derive(Clone, Debug, PartialEq)]

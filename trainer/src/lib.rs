@@ -30,6 +30,7 @@ pub mod optim;
 pub mod pool;
 pub mod prep;
 pub mod rng;
+pub mod run;
 pub mod session;
 pub mod settings;
 pub mod step;
@@ -41,7 +42,8 @@ pub use dataset::{
     parse_csv, parse_csv_reader, Dataset, DatasetError, DatasetLimits, Targets, TaskKind,
 };
 pub use model::{predict, ModelError, Prediction, TrainedModel};
-pub use session::{FinishedRun, Session, StateError, STATE_MAGIC};
+pub use run::StateError;
+pub use session::{FinishedRun, Session, STATE_MAGIC};
 pub use settings::{OptimizerKind, TrainSettings};
 pub use train::{train, train_keeping_states, Progress, TrainError, TrainOutcome};
 pub use verify::{

@@ -64,45 +64,14 @@ use crate::ops::WeightPenalty;
 use crate::optim::OptimizerState;
 use crate::prep::{prepare, Part, Prepared, Scaling};
 use crate::rng::SplitMix64;
+use crate::run::{check, evaluate, spec_error, Progress, StateError, TrainError};
 use crate::step::{BatchTargets, StepWorkspace};
-use crate::train::{check, evaluate, spec_error, Progress, TrainError};
 
 /// The first bytes of an encoded state: a format name and version, so that a
 /// future layout can never be mistaken for this one.
 pub const STATE_MAGIC: &[u8; 8] = b"GCSTAT01";
 const OPTIMIZER_SGD: u8 = 0;
 const OPTIMIZER_ADAM: u8 = 1;
-
-/// Why bytes are not the encoding of a training state of a job.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StateError {
-    /// The bytes end inside a field.
-    #[error("training state ends at byte {at} inside {what}, expected {needed} more byte(s)")]
-    Truncated {
-        /// The field being read.
-        what: &'static str,
-        /// Where it starts.
-        at: usize,
-        /// Bytes it needs.
-        needed: usize,
-    },
-    /// A field holds a value no run of this spec and dataset can reach.
-    #[error("training state {what}: got {got}, expected {expected}")]
-    Field {
-        /// The field.
-        what: &'static str,
-        /// Its value.
-        got: String,
-        /// What the spec, the dataset or the other fields require.
-        expected: String,
-    },
-    /// Bytes after the last field.
-    #[error("training state has {got} byte(s) after its end, expected none")]
-    Trailing {
-        /// How many.
-        got: usize,
-    },
-}
 
 fn field(what: &'static str, got: impl fmt::Display, expected: impl fmt::Display) -> StateError {
     StateError::Field {
