@@ -210,7 +210,7 @@ pub enum BenchError {
     Node(#[from] crate::node::NodeError),
     /// The chain task refused something.
     #[error("chain: {0}")]
-    Service(#[from] crate::service::ServiceError),
+    Service(#[from] crate::chain_task::ServiceError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -452,7 +452,10 @@ pub async fn bench_sync(blocks: usize, txs_per_block: usize) -> Result<SyncBench
         async move {
             let hash = funding.hash();
             chain
-                .submit_block(funding, crate::service::BlockSource::Peer("bench".into()))
+                .submit_block(
+                    funding,
+                    crate::chain_task::BlockSource::Peer("bench".into()),
+                )
                 .await?;
             wait_for_tip(&chain, hash, Duration::from_secs(60)).await
         }
@@ -469,7 +472,7 @@ pub async fn bench_sync(blocks: usize, txs_per_block: usize) -> Result<SyncBench
             let start = Instant::now();
             for block in generated {
                 node.chain()
-                    .submit_block(block, crate::service::BlockSource::Peer(name.into()))
+                    .submit_block(block, crate::chain_task::BlockSource::Peer(name.into()))
                     .await?;
             }
             wait_for_tip(node.chain(), last, Duration::from_secs(600)).await?;
@@ -499,7 +502,7 @@ pub async fn bench_sync(blocks: usize, txs_per_block: usize) -> Result<SyncBench
         let hash = block.hash();
         let start = Instant::now();
         seen.chain()
-            .submit_block(block, crate::service::BlockSource::Peer("bench".into()))
+            .submit_block(block, crate::chain_task::BlockSource::Peer("bench".into()))
             .await?;
         wait_for_tip(seen.chain(), hash, Duration::from_secs(60)).await?;
         seen_seconds += start.elapsed().as_secs_f64();
@@ -538,7 +541,7 @@ pub async fn bench_sync(blocks: usize, txs_per_block: usize) -> Result<SyncBench
 }
 
 async fn wait_for_tip(
-    chain: &crate::service::ChainHandle,
+    chain: &crate::chain_task::ChainHandle,
     tip: BlockHash,
     timeout: Duration,
 ) -> Result<(), BenchError> {
@@ -647,7 +650,7 @@ async fn time_block(
     let bytes = protocol::codec::encode(&block)?;
     first
         .chain()
-        .submit_block(block, crate::service::BlockSource::Peer("bench".into()))
+        .submit_block(block, crate::chain_task::BlockSource::Peer("bench".into()))
         .await?;
     let counted =
         |node: &crate::node::RunningNode| node.observer().metrics.blocks_relayed_early.get();
@@ -887,7 +890,7 @@ pub async fn bench_http(concurrency: usize, rounds: usize) -> Result<HttpBench, 
                     let started = Instant::now();
                     let tip = chain.tip();
                     std::hint::black_box(&tip);
-                    Ok::<f64, crate::service::ServiceError>(started.elapsed().as_secs_f64())
+                    Ok::<f64, crate::chain_task::ServiceError>(started.elapsed().as_secs_f64())
                 })
             })
             .collect();
@@ -918,7 +921,7 @@ pub async fn bench_http(concurrency: usize, rounds: usize) -> Result<HttpBench, 
 }
 
 async fn wait_for_height(
-    chain: &crate::service::ChainHandle,
+    chain: &crate::chain_task::ChainHandle,
     height: u64,
 ) -> Result<(), BenchError> {
     let mut rx = chain.watch_tip();

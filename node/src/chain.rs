@@ -3,7 +3,7 @@
 //!
 //! [`Chain`] is plain synchronous code over a [`Store`], so every rule here
 //! is testable without a network or a runtime; the chain task in
-//! [`crate::service`] owns one and is the only thing that ever calls it.
+//! [`crate::chain_task`] owns one and is the only thing that ever calls it.
 //! It must never be shared behind a lock or touched from two threads.
 //!
 //! A block whose validation needs data this node does not hold yet (the

@@ -37,10 +37,10 @@ use protocol::{
 use tokio::sync::{watch, Semaphore};
 
 use crate::blobs::{self, BlobStore};
+use crate::chain_task::ChainHandle;
 use crate::metrics::label;
 use crate::net::network::{NetworkClient, Topic};
 use crate::observe::Observer;
-use crate::service::ChainHandle;
 use protocol::api::AuditView;
 
 /// How often parked blocks are retried and pending results looked for,

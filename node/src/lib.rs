@@ -1,7 +1,7 @@
 //! The gradchain node: the daemon users run several of, and the library its
 //! binary and the integration tests are built on.
 //!
-//! One chain task ([`service`]) owns the chain, mempool and store
+//! One chain task ([`chain_task`]) owns the chain, mempool and store
 //! ([`chain`], [`mempool`], [`store`]); one event loop ([`net::network`])
 //! owns the libp2p swarm; the miner ([`miner`]) hashes on OS threads; the
 //! HTTP API ([`http`]) serves clients, the dashboard and `/metrics`, and
@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod blobs;
 pub mod chain;
+pub mod chain_task;
 pub mod cli;
 pub mod http;
 pub mod jobs;
@@ -25,7 +26,6 @@ pub mod net;
 pub mod node;
 pub mod nonce_scan;
 pub mod observe;
-pub mod service;
 pub mod signatures;
 pub mod simnet;
 pub mod store;

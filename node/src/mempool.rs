@@ -137,9 +137,11 @@ pub enum MempoolError {
 }
 
 impl MempoolError {
-    /// Whether the error proves the sender built a bad transaction, rather
-    /// than it merely being stale or late relative to our state.
-    pub fn is_malicious(&self) -> bool {
+    /// Whether the sender of this transaction should be penalised: the
+    /// error proves it built a bad transaction, rather than the transaction
+    /// merely being stale or late relative to our state (the same question
+    /// as [`crate::chain::ChainError::is_peer_fault`] asks of a block).
+    pub fn is_peer_fault(&self) -> bool {
         match self {
             Self::Invalid(err) => matches!(
                 err,
@@ -607,7 +609,7 @@ mod tests {
         ) {
             Err(err @ MempoolError::SenderFull { pending: 3, .. }) => {
                 assert!(
-                    !err.is_malicious(),
+                    !err.is_peer_fault(),
                     "a full queue is policy, not misbehaviour"
                 );
                 assert!(err.to_string().contains("3 transactions waiting"), "{err}");
@@ -769,7 +771,7 @@ mod tests {
         let err = pool
             .insert(forged, &mut state, &ctx, Instant::now())
             .unwrap_err();
-        assert!(err.is_malicious(), "{err}");
+        assert!(err.is_peer_fault(), "{err}");
         assert!(pool.is_empty());
     }
 }

@@ -16,8 +16,8 @@ use protocol::{Address, Block};
 use tokio::sync::{mpsc, watch};
 
 use crate::chain::{BlockOutcome, BlockTemplate};
+use crate::chain_task::{BlockSource, ChainHandle};
 use crate::nonce_scan::NonceScanner;
-use crate::service::{BlockSource, ChainHandle};
 
 /// Nonces hashed between two checks of the cancel flag.
 const BATCH: u64 = 4096;
@@ -53,8 +53,10 @@ pub struct MinerStats {
     pub blocks: AtomicU64,
 }
 
+/// What the hashing threads work on: a header to find a nonce for, its
+/// target, and the generation that tells them when it is stale.
 #[derive(Clone)]
-struct Work {
+struct Assignment {
     generation: u64,
     header: protocol::Header,
     target: Target,
@@ -62,16 +64,16 @@ struct Work {
 
 struct Shared {
     generation: AtomicU64,
-    work: Mutex<Option<Work>>,
+    work: Mutex<Option<Assignment>>,
     stop: AtomicBool,
 }
 
 impl Shared {
-    fn current(&self) -> Option<Work> {
+    fn current(&self) -> Option<Assignment> {
         self.work.lock().ok().and_then(|w| w.clone())
     }
 
-    fn set(&self, work: Option<Work>) {
+    fn set(&self, work: Option<Assignment>) {
         if let Ok(mut slot) = self.work.lock() {
             let generation = work.as_ref().map(|w| w.generation);
             *slot = work;
@@ -244,7 +246,7 @@ async fn coordinate(
                     let target = next.block.header.bits.to_target();
                     match target {
                         Ok(target) => {
-                            shared.set(Some(Work {
+                            shared.set(Some(Assignment {
                                 generation,
                                 header: next.block.header,
                                 target,

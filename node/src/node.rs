@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::blobs::{self, BlobError, BlobStore, BLOB_FILE};
 use crate::chain::{Chain, ChainError, SharedVerifier};
+use crate::chain_task::{self, ChainHandle, ChainTask};
 use crate::http::{HttpConfig, HttpError, HttpState};
 use crate::jobs::{self, AuditConfig, AuditStats, JobsContext};
 use crate::keys::{self, KeyError};
@@ -30,7 +31,6 @@ use crate::net::handlers::{self, Context};
 use crate::net::network::{self, NetError, NetworkClient, NetworkConfig, NetworkEvent, Topic};
 use crate::net::sync::{SyncDriver, SyncTrigger};
 use crate::observe::Observer;
-use crate::service::{self, ChainHandle, ChainTask};
 use crate::verifier::NodeVerifier;
 
 /// Most gossip messages being validated at once; more are ignored.
@@ -336,7 +336,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         %peer_id,
         "chain loaded"
     );
-    let (chain, chain_task) = service::spawn_observed(chain, observer.clone())
+    let (chain, chain_task) = chain_task::spawn_observed(chain, observer.clone())
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     let max_gossip = config.params.max_block_bytes.saturating_add(64 * 1024);
     let (network, event_loop, mut events, listen_addrs) = match network::start(NetworkConfig {

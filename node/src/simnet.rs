@@ -34,10 +34,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::bench::{percentile, BenchError};
+use crate::chain_task::BlockSource;
 use crate::net::network::Topic;
 use crate::node::RunningNode;
 use crate::observe::Event;
-use crate::service::BlockSource;
 use protocol::api::BlockRef;
 use protocol::{Address, Amount, BlockHash, ChainParams, SignedTx, TxBody, TxKind};
 

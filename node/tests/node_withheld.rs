@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use node::service::BlockSource;
+use node::chain_task::BlockSource;
 use node::testkit::{init_test_logging, start_regtest_auditing, wait_until};
 use protocol::api::BlockRef;
 use protocol::blob::BlobKind;
@@ -112,7 +112,7 @@ async fn withheld_data_parks_blocks_and_everyone_converges_once_it_is_served() -
             .await
         {
             Ok(_) => {}
-            Err(node::service::ServiceError::Chain(err)) => {
+            Err(node::chain_task::ServiceError::Chain(err)) => {
                 assert!(
                     !err.is_peer_fault(),
                     "block {height} was judged a peer's fault: {err}"
@@ -164,7 +164,7 @@ async fn withheld_data_parks_blocks_and_everyone_converges_once_it_is_served() -
     wait_until("C on A's chain", WAIT, || {
         let (c, a) = (c_node.chain().clone(), a_node.chain().clone());
         async move {
-            let at = |chain: node::service::ChainHandle| async move {
+            let at = |chain: node::chain_task::ChainHandle| async move {
                 chain
                     .block(BlockRef::Height(tip))
                     .await

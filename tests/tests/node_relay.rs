@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use gradchain_tests::{forged_block, raw_client};
+use node::chain_task::BlockSource;
 use node::net::network::Topic;
 use node::net::wire::BLOCKS_TOPIC;
-use node::service::BlockSource;
 use node::testkit::{init_test_logging, start_regtest, wait_until};
 use node::RunningNode;
 use protocol::api::BlockRef;

@@ -123,10 +123,10 @@ impl Failure {
     }
 }
 
-impl From<crate::service::ServiceError> for Failure {
-    fn from(err: crate::service::ServiceError) -> Self {
+impl From<crate::chain_task::ServiceError> for Failure {
+    fn from(err: crate::chain_task::ServiceError) -> Self {
         match err {
-            crate::service::ServiceError::Stopped => {
+            crate::chain_task::ServiceError::Stopped => {
                 Self::new(ErrorCode::NotSynced, "the node is shutting down")
             }
             other => Self::internal(other.to_string()),

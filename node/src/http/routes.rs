@@ -28,10 +28,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{client_ip, explain, Answer, Failure, HttpState, STATUS_EVERY};
 use crate::blobs::{BlobError, Uploader};
+use crate::chain_task::{activity_height, JobCursor, JobOrder, JobStatusKind, TxFound};
 use crate::metrics::{gauge_value, label, work_f64};
 use crate::net::handlers::{submit_from_client, SubmitError};
 use crate::observe::{unix_seconds, Event, HASHRATE_SAMPLE_SECS};
-use crate::service::{activity_height, JobCursor, JobOrder, JobStatusKind, TxFound};
 
 /// The dashboard page, embedded so the node serves it offline.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -179,7 +179,7 @@ pub(super) async fn block_raw(
     Ok(octets(bytes))
 }
 
-async fn find_tx(state: &HttpState, id: &str) -> Answer<crate::service::TxFound> {
+async fn find_tx(state: &HttpState, id: &str) -> Answer<crate::chain_task::TxFound> {
     let id = parse_hex32(id, "transaction id", TxId)?;
     state.ctx.chain.transaction(id).await?.ok_or_else(|| {
         Failure::not_found(format!(

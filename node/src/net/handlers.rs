@@ -26,10 +26,10 @@ use super::network::{NetworkClient, Topic};
 use super::wire::{SyncRequest, SyncResponse, MAX_BLOCKS_PER_REQUEST, MAX_LOCATOR, MAX_SYNC_FRAME};
 use crate::blobs::{self, BlobStore};
 use crate::chain::{BlockOutcome, Relay, MAX_HEADERS};
+use crate::chain_task::{BlockSource, ChainHandle, ServiceError};
 use crate::mempool::MempoolError;
 use crate::miner::MinerStats;
 use crate::observe::Observer;
-use crate::service::{BlockSource, ChainHandle, ServiceError};
 
 /// Penalty for bytes that do not decode.
 const MALFORMED_PENALTY: u32 = 50;
@@ -242,7 +242,7 @@ async fn on_gossip_tx(ctx: &Context, source: PeerId, data: &[u8]) -> MessageAcce
             MessageAcceptance::Accept
         }
         Ok(Err(MempoolError::AlreadyKnown(_))) => MessageAcceptance::Ignore,
-        Ok(Err(err)) if err.is_malicious() => {
+        Ok(Err(err)) if err.is_peer_fault() => {
             tracing::warn!(peer = %source, reason = %err, "rejected tx");
             ctx.network
                 .penalise(source, INVALID_TX_PENALTY, err.to_string());

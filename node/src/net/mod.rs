@@ -3,7 +3,7 @@
 //! management (penalties that decay, bans that expire and persist).
 //!
 //! Nothing in here owns chain state; everything reaches the chain through
-//! [`crate::service::ChainHandle`].
+//! [`crate::chain_task::ChainHandle`].
 
 pub mod handlers;
 pub mod network;

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use super::network::NetworkClient;
 use super::wire::{SyncRequest, SyncResponse, MAX_BLOCKS_PER_REQUEST, MAX_SYNC_FRAME};
 use crate::chain::{BlockOutcome, MAX_HEADERS};
-use crate::service::{BlockSource, ChainHandle, ServiceError};
+use crate::chain_task::{BlockSource, ChainHandle, ServiceError};
 
 /// How long one sync request may take before the peer counts as stalled.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
