@@ -7,6 +7,7 @@
 //! file is one error line on stderr and a non-zero exit.
 
 mod netcli;
+mod train_flags;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,11 +15,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use protocol::{Loss, TestMetric};
+use protocol::TestMetric;
+use train_flags::{parse_hidden, Hidden, TrainFlags};
 use trainer::bench::{self, BenchJob};
 use trainer::bench_verify;
 use trainer::logging::LogFormat;
-use trainer::{Dataset, DatasetError, DatasetLimits, OptimizerKind, TaskKind, TrainSettings};
+use trainer::{Dataset, DatasetError, DatasetLimits, TaskKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,18 +67,6 @@ enum TaskArg {
     Regression,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum LossArg {
-    Ce,
-    Mse,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum OptimizerArg {
-    Sgd,
-    Adam,
-}
-
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
     /// CSV file: header row, numeric columns, target last.
@@ -85,40 +75,8 @@ struct TrainArgs {
     /// What the target column holds.
     #[arg(long)]
     task: TaskArg,
-    /// Hidden layer widths, comma-separated ("" for none) [default: 64,64].
-    #[arg(long, value_parser = parse_hidden)]
-    hidden: Option<Hidden>,
-    /// Loss [default: ce for classification, mse for regression].
-    #[arg(long)]
-    loss: Option<LossArg>,
-    /// Optimizer [default: adam].
-    #[arg(long)]
-    optimizer: Option<OptimizerArg>,
-    /// Learning rate [default: 0.003 for Adam, 0.05 for SGD].
-    #[arg(long, allow_negative_numbers = true)]
-    lr: Option<f32>,
-    /// SGD momentum [default: 0.9].
-    #[arg(long, allow_negative_numbers = true)]
-    momentum: Option<f32>,
-    /// L1 penalty on weights [default: 0].
-    #[arg(long, allow_negative_numbers = true)]
-    l1: Option<f32>,
-    /// L2 penalty on weights [default: 0.01].
-    #[arg(long, allow_negative_numbers = true)]
-    l2: Option<f32>,
-    /// Rows per mini-batch [default: 32].
-    #[arg(long)]
-    batch: Option<u32>,
-    /// Passes over the training rows [default: 40].
-    #[arg(long)]
-    epochs: Option<u32>,
-    /// Seed of the split and of training [default: 0].
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Segments the steps are cut into, each ending in a committed state
-    /// [default: 64; at most the run's steps].
-    #[arg(long)]
-    segments: Option<u32>,
+    #[command(flatten)]
+    flags: TrainFlags,
     /// Write the weights here as safetensors.
     #[arg(long, value_name = "WEIGHTS.safetensors")]
     out: Option<PathBuf>,
@@ -193,9 +151,6 @@ struct VerifyBenchArgs {
 }
 
 #[derive(Clone, Debug)]
-struct Hidden(Vec<u32>);
-
-#[derive(Clone, Debug)]
 struct Threads(Vec<usize>);
 
 fn parse_threads(text: &str) -> Result<Threads, String> {
@@ -208,20 +163,6 @@ fn parse_threads(text: &str) -> Result<Threads, String> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Threads)
-}
-
-fn parse_hidden(text: &str) -> Result<Hidden, String> {
-    if text.trim().is_empty() {
-        return Ok(Hidden(Vec::new()));
-    }
-    text.split(',')
-        .map(|w| {
-            w.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("{w:?} is not a layer width, expected a list like 64,64"))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Hidden)
 }
 
 fn main() {
@@ -284,27 +225,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         TaskArg::Regression => TaskKind::Regression,
     };
     let dataset = read_csv(&args.data, kind)?;
-    // The defaults live in one place, the library's `TrainSettings`.
-    let d = TrainSettings::default();
-    let settings = TrainSettings {
-        hidden: args.hidden.map_or(d.hidden, |h| h.0),
-        loss: args.loss.map(|l| match l {
-            LossArg::Ce => Loss::CrossEntropy,
-            LossArg::Mse => Loss::Mse,
-        }),
-        optimizer: args.optimizer.map_or(d.optimizer, |o| match o {
-            OptimizerArg::Sgd => OptimizerKind::Sgd,
-            OptimizerArg::Adam => OptimizerKind::Adam,
-        }),
-        lr: args.lr.or(d.lr),
-        momentum: args.momentum.unwrap_or(d.momentum),
-        l1: args.l1.unwrap_or(d.l1),
-        l2: args.l2.unwrap_or(d.l2),
-        batch: args.batch.unwrap_or(d.batch),
-        epochs: args.epochs.unwrap_or(d.epochs),
-        seed: args.seed.unwrap_or(d.seed),
-        segments: args.segments.unwrap_or(d.segments),
-    };
+    let settings = args.flags.settings();
     let spec = settings.job_spec(&dataset)?;
     tracing::info!(
         dataset = %spec.dataset.digest,

@@ -20,7 +20,9 @@ use protocol::{
     Acceptance, Address, Amount, Digest, F32Bits, Height, JobId, JobSpec, TxBody, TxKind,
 };
 use trainer::client::{with_fee, ClientError, JobFilter, NodeArgs, NodeClient};
-use trainer::{Dataset, DatasetLimits, OptimizerKind, TaskKind, TrainSettings};
+use trainer::{Dataset, DatasetLimits, TaskKind};
+
+use crate::train_flags::TrainFlags;
 
 /// How often the worker looks for open jobs.
 const POLL: Duration = Duration::from_secs(1);
@@ -56,36 +58,8 @@ pub struct JobPostArgs {
     /// Digest of a dataset the node holds (from `dataset put`).
     #[arg(long, value_name = "DIGEST")]
     dataset: String,
-    /// Hidden layer widths, comma-separated [default: 64,64].
-    #[arg(long)]
-    hidden: Option<String>,
-    /// Optimizer [default: adam].
-    #[arg(long, value_parser = ["sgd", "adam"])]
-    optimizer: Option<String>,
-    /// Learning rate.
-    #[arg(long)]
-    lr: Option<f32>,
-    /// SGD momentum [default: 0.9].
-    #[arg(long)]
-    momentum: Option<f32>,
-    /// L1 penalty on weights.
-    #[arg(long)]
-    l1: Option<f32>,
-    /// L2 penalty on weights.
-    #[arg(long)]
-    l2: Option<f32>,
-    /// Rows per mini-batch.
-    #[arg(long)]
-    batch: Option<u32>,
-    /// Passes over the training rows.
-    #[arg(long)]
-    epochs: Option<u32>,
-    /// Base seed of the split.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Segments the steps are cut into.
-    #[arg(long)]
-    segments: Option<u32>,
+    #[command(flatten)]
+    flags: TrainFlags,
     /// The reward, in base units.
     #[arg(long)]
     bounty: u64,
@@ -194,19 +168,6 @@ pub fn dataset_put(args: DatasetPutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_hidden(text: &str) -> anyhow::Result<Vec<u32>> {
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    text.split(',')
-        .map(|w| {
-            w.trim()
-                .parse::<u32>()
-                .map_err(|_| anyhow!("{w:?} is not a layer width, expected a list like 64,64"))
-        })
-        .collect()
-}
-
 /// The chain id transactions sign over, and the nonce `from`'s next
 /// transaction carries (counting those waiting in the mempool).
 fn chain_and_nonce(client: &NodeClient, from: &Address) -> anyhow::Result<(u32, u64, Amount)> {
@@ -222,27 +183,7 @@ pub fn job_post(args: JobPostArgs) -> anyhow::Result<()> {
     let client = args.node.client()?;
     let blob = client.get_blob(&digest)?;
     let dataset = Dataset::from_blob(&blob, &DatasetLimits::default())?;
-    let d = TrainSettings::default();
-    let settings = TrainSettings {
-        hidden: match &args.hidden {
-            Some(h) => parse_hidden(h)?,
-            None => d.hidden,
-        },
-        loss: None,
-        optimizer: match args.optimizer.as_deref() {
-            Some("sgd") => OptimizerKind::Sgd,
-            Some(_) => OptimizerKind::Adam,
-            None => d.optimizer,
-        },
-        lr: args.lr.or(d.lr),
-        momentum: args.momentum.unwrap_or(d.momentum),
-        l1: args.l1.unwrap_or(d.l1),
-        l2: args.l2.unwrap_or(d.l2),
-        batch: args.batch.unwrap_or(d.batch),
-        epochs: args.epochs.unwrap_or(d.epochs),
-        seed: args.seed.unwrap_or(d.seed),
-        segments: args.segments.unwrap_or(d.segments),
-    };
+    let settings = args.flags.settings();
     let mut spec: JobSpec = settings.job_spec(&dataset)?;
     spec.acceptance = match (spec.acceptance, args.min_accuracy, args.max_mse) {
         (Acceptance::MinAccuracy { .. }, Some(x), None) if (0.0..=1.0).contains(&x) => {
