@@ -13,7 +13,7 @@
 //! as it arrives, writes it and hashes the whole incrementally.
 //!
 //! Weights files are also indexed by their tensor digest (the `weights`
-//! digest a job result carries, DESIGN §3), which the store recomputes from
+//! digest a job result carries, docs/DESIGN.md §3), which the store recomputes from
 //! the bytes itself: a worker uploads the safetensors file, the node checks
 //! it parses and hashes to some tensor digest, and `predict` finds the file
 //! of a fulfilled job through that index. So the chain only ever carries the

@@ -1,4 +1,4 @@
-//! The `gradchain-node` command line (DESIGN.md §5): `run`, `keygen`,
+//! The `gradchain-node` command line (docs/DESIGN.md §5): `run`, `keygen`,
 //! `healthcheck`, `rpc …` and `bench hash|sync|gossip|http`.
 //!
 //! Parsing, config-file merging and output formatting live here; every

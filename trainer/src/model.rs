@@ -1,5 +1,5 @@
 //! The model: a multi-layer perceptron whose parameters are candle `Var`s,
-//! its seeded initialisation, the weights digest of DESIGN §3, safetensors
+//! its seeded initialisation, the weights digest of docs/DESIGN.md §3, safetensors
 //! files, and prediction.
 //!
 //! The forward pass uses only the reproducible ops of [`crate::ops`]. The
@@ -302,7 +302,7 @@ impl TrainedModel {
         Ok(map)
     }
 
-    /// The weights digest of DESIGN §3.
+    /// The weights digest of docs/DESIGN.md §3.
     pub fn digest(&self) -> Result<Digest, ModelError> {
         weights_digest(&self.tensors()?)
     }

@@ -1,4 +1,4 @@
-//! The trainer's network commands (DESIGN §5): `dataset put`, `job post`,
+//! The trainer's network commands (docs/DESIGN.md §5): `dataset put`, `job post`,
 //! `work` and `predict`, all over the HTTP API of one node.
 //!
 //! This is the binary's edge: it parses flags, talks to the node through

@@ -1,6 +1,6 @@
 //! Weights files as bytes: the safetensors blob a worker uploads and a node
 //! serves predictions from, and the link between its file digest (SHA-256 of
-//! the bytes, the blob store's key) and its tensor digest (DESIGN §3, the
+//! the bytes, the blob store's key) and its tensor digest (docs/DESIGN.md §3, the
 //! `weights` digest a job result carries).
 //!
 //! This module only parses and hashes; it must never decide whether a result
