@@ -39,6 +39,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::blobs::{self, BlobStore};
 use crate::chain_task::ChainHandle;
 use crate::metrics::label;
+use crate::net::blob_fetch;
 use crate::net::network::{NetworkClient, Topic};
 use crate::observe::Observer;
 use protocol::api::AuditView;
@@ -119,7 +120,7 @@ async fn fetch_parked_data(ctx: JobsContext, mut shutdown: watch::Receiver<bool>
         }
         for digest in parked.iter().filter_map(|(_, digest)| *digest) {
             if let Err(err) =
-                blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(digest)).await
+                blob_fetch::fetch(&ctx.blobs, &ctx.network, BlobName::Content(digest)).await
             {
                 tracing::info!(blob = %digest, reason = %err, "data for a parked block not found yet");
             }
@@ -217,7 +218,7 @@ pub async fn prefetch_proof_data(
         _ => {}
     }
     for digest in wanted {
-        if let Err(err) = blobs::fetch(store, network, BlobName::Content(digest)).await {
+        if let Err(err) = blob_fetch::fetch(store, network, BlobName::Content(digest)).await {
             tracing::info!(%job, blob = %digest, reason = %err, "data for a fraud proof not found yet");
         }
     }
@@ -375,7 +376,7 @@ async fn audit_one(
     let spec = pending.record.spec.clone();
     let leaves = leaves_of(&ctx.chain, pending.height, pending.tx).await?;
     let dataset_digest = spec.dataset.digest;
-    blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(dataset_digest))
+    blob_fetch::fetch(&ctx.blobs, &ctx.network, BlobName::Content(dataset_digest))
         .await
         .map_err(|e| format!("dataset {dataset_digest}: {e}"))?;
     // Local randomness: the worker cannot know which segments are replayed.
@@ -399,7 +400,8 @@ async fn audit_one(
             continue;
         };
         if *index > 1 {
-            let _ = blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(prev.state)).await;
+            let _ =
+                blob_fetch::fetch(&ctx.blobs, &ctx.network, BlobName::Content(prev.state)).await;
         }
     }
     let store = ctx.blobs.clone();

@@ -19,7 +19,7 @@ use protocol::{codec, Address, ChainParams};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::blobs::{self, BlobError, BlobStore, BLOB_FILE};
+use crate::blobs::{BlobError, BlobStore, BLOB_FILE};
 use crate::chain::{Chain, ChainError, SharedVerifier};
 use crate::chain_task::{self, ChainHandle, ChainTask};
 use crate::http::{HttpConfig, HttpError, HttpState};
@@ -449,7 +449,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                     tokio::spawn(handlers::on_sync_request(ctx.clone(), peer, ticket, data));
                 }
                 NetworkEvent::BlobRequest { peer, ticket, data } => {
-                    tokio::spawn(blobs::serve(
+                    tokio::spawn(crate::net::blob_fetch::serve(
                         ctx.blobs.clone(),
                         ctx.network.clone(),
                         peer,

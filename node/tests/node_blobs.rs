@@ -17,7 +17,7 @@ use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
-use node::blobs::{self, WRONG_BLOB_PENALTY};
+use node::net::blob_fetch::{self, WRONG_BLOB_PENALTY};
 use node::net::wire::{
     BlobRequest, BlobResponse, FrameCodec, SyncResponse, BLOB_PROTOCOL, IDENTIFY_PROTOCOL,
     MAX_BLOB_FRAME, MAX_SYNC_FRAME, SYNC_PROTOCOL,
@@ -190,7 +190,7 @@ async fn a_large_state_is_fetched_chunk_by_chunk_and_a_lying_peer_is_penalised(
     )?;
     wait_peer(&c_node, rogue).await?;
 
-    let report = blobs::fetch_from_peers(
+    let report = blob_fetch::fetch_from_peers(
         c_node.blobs(),
         c_node.network(),
         BlobName::Content(digest),

@@ -767,7 +767,7 @@ pub(super) async fn predict(
             "rows[{index}] holds a value that is not finite"
         )));
     }
-    let file = crate::blobs::fetch(
+    let file = crate::net::blob_fetch::fetch(
         &state.ctx.blobs,
         &state.ctx.network,
         BlobName::Weights(result.weights),

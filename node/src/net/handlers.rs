@@ -24,11 +24,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::network::{NetworkClient, Topic};
 use super::wire::{SyncRequest, SyncResponse, MAX_BLOCKS_PER_REQUEST, MAX_LOCATOR, MAX_SYNC_FRAME};
-use crate::blobs::{self, BlobStore};
+use crate::blobs::BlobStore;
 use crate::chain::{BlockOutcome, Relay, MAX_HEADERS};
 use crate::chain_task::{BlockSource, ChainHandle, ServiceError};
 use crate::mempool::MempoolError;
 use crate::miner::MinerStats;
+use crate::net::blob_fetch;
 use crate::observe::Observer;
 
 /// Penalty for bytes that do not decode.
@@ -85,7 +86,7 @@ pub async fn prepare_tx(ctx: &Context, tx: &SignedTx) -> Result<(), String> {
     };
     protocol::validation::check_tx_stateless(tx, &ctx.params).map_err(|e| e.to_string())?;
     let digest = spec.dataset.digest;
-    blobs::fetch(&ctx.blobs, &ctx.network, BlobName::Content(digest))
+    blob_fetch::fetch(&ctx.blobs, &ctx.network, BlobName::Content(digest))
         .await
         .map(|_| ())
         .map_err(|err| {
