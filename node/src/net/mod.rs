@@ -7,8 +7,10 @@
 //! [`crate::chain_task::ChainHandle`].
 
 pub mod blob_fetch;
+pub mod client;
 pub mod handlers;
 pub mod network;
 pub mod peers;
+pub mod swarm;
 pub mod sync;
 pub mod wire;

@@ -1,5 +1,6 @@
 //! Peer management: misbehaviour penalties that decay, bans that expire and
-//! survive restarts, and the bounds on what is remembered about peers.
+//! survive restarts, the bounds on what is remembered about peers, and the
+//! addresses kept connected with their backoff ([`Dialer`]).
 //!
 //! A peer earns penalty points for sending what consensus or the protocol
 //! refuses (never for a node-local condition: a timeout, missing data).
@@ -12,9 +13,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use libp2p::PeerId;
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 /// Penalty points at which a peer is disconnected and banned.
@@ -242,6 +244,135 @@ impl PeerBook {
     }
 }
 
+/// Longest wait between two dials of an address this node keeps.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The first wait after a dial fails or a connection closes.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The addresses this node keeps connected to (its bootstrap list and
+/// those an operator dialled), each redialled after a failure or a closed
+/// connection with a backoff that doubles up to [`MAX_BACKOFF`] and starts
+/// over once a connection is established. Time and the dial itself are
+/// passed in, so every rule here is tested without a network.
+#[derive(Debug, Default)]
+pub struct Dialer {
+    entries: Vec<Dialed>,
+}
+
+#[derive(Debug)]
+struct Dialed {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    connection: Option<ConnectionId>,
+    connected: bool,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+impl Dialed {
+    fn back_off(&mut self, now: Instant) {
+        self.connection = None;
+        self.next_attempt = now + self.backoff;
+        self.backoff = self.backoff.saturating_mul(2).min(MAX_BACKOFF);
+    }
+}
+
+/// The peer id an address names (`/p2p/…`), if it names one.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+impl Dialer {
+    /// Keeps `addrs`, each due a dial at `now`.
+    pub fn new(addrs: &[Multiaddr], now: Instant) -> Self {
+        let mut dialer = Self::default();
+        for addr in addrs {
+            dialer.add(addr.clone(), now);
+        }
+        dialer
+    }
+
+    /// Keeps `addr` too (once), due a dial at `now`.
+    pub fn add(&mut self, addr: Multiaddr, now: Instant) {
+        if self.entries.iter().any(|d| d.addr == addr) {
+            return;
+        }
+        self.entries.push(Dialed {
+            peer: peer_of(&addr),
+            addr,
+            connection: None,
+            connected: false,
+            next_attempt: now,
+            backoff: FIRST_BACKOFF,
+        });
+    }
+
+    /// Dials every address due at `now` that is neither connected nor being
+    /// dialled, skipping those whose peer `hold_off` names. `dial` starts a
+    /// dial and returns its connection id, or why it could not start (then
+    /// the address backs off).
+    pub fn redial(
+        &mut self,
+        now: Instant,
+        hold_off: impl Fn(&PeerId) -> bool,
+        mut dial: impl FnMut(Option<PeerId>, &Multiaddr) -> Result<ConnectionId, String>,
+    ) {
+        for entry in &mut self.entries {
+            if entry.connected || entry.connection.is_some() || now < entry.next_attempt {
+                continue;
+            }
+            if entry.peer.as_ref().is_some_and(&hold_off) {
+                continue;
+            }
+            match dial(entry.peer, &entry.addr) {
+                Ok(connection) => entry.connection = Some(connection),
+                Err(reason) => {
+                    tracing::debug!(addr = %entry.addr, %reason, "dial failed");
+                    entry.back_off(now);
+                }
+            }
+        }
+    }
+
+    /// A connection was established: if it is one of ours, its address is
+    /// connected to `peer` and its backoff starts over.
+    pub fn established(&mut self, connection: ConnectionId, peer: PeerId) {
+        for entry in &mut self.entries {
+            if entry.connection == Some(connection) {
+                entry.connected = true;
+                entry.peer = Some(peer);
+                entry.backoff = FIRST_BACKOFF;
+            }
+        }
+    }
+
+    /// A connection closed, or a dial failed: its address backs off.
+    pub fn lost(&mut self, connection: ConnectionId, now: Instant, reason: &str) {
+        for entry in &mut self.entries {
+            if entry.connection == Some(connection) {
+                tracing::debug!(addr = %entry.addr, %reason, "connection lost, redialling in {:?}", entry.backoff);
+                entry.connected = false;
+                entry.back_off(now);
+            }
+        }
+    }
+
+    /// `peer` may be dialled again at once (an operator unblocked it).
+    pub fn reset(&mut self, peer: &PeerId, now: Instant) {
+        for entry in self
+            .entries
+            .iter_mut()
+            .filter(|d| d.peer.as_ref() == Some(peer))
+        {
+            entry.next_attempt = now;
+            entry.backoff = FIRST_BACKOFF;
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -325,5 +456,101 @@ mod tests {
             book.penalise(PeerId::random(), BAN_SCORE, T0);
         }
         assert!(book.bans.len() <= MAX_BANS);
+    }
+
+    fn addr(port: u16) -> Multiaddr {
+        format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+    }
+
+    /// Dials every due address, handing out connection ids in order.
+    fn dial_all(dialer: &mut Dialer, now: Instant, next: &mut usize) -> Vec<Multiaddr> {
+        let mut dialled = Vec::new();
+        dialer.redial(
+            now,
+            |_| false,
+            |_, addr| {
+                dialled.push(addr.clone());
+                *next += 1;
+                Ok(ConnectionId::new_unchecked(*next))
+            },
+        );
+        dialled
+    }
+
+    #[test]
+    fn a_lost_address_backs_off_doubling_to_the_cap_and_starts_over_once_connected() {
+        let start = Instant::now();
+        let mut next = 0;
+        let mut dialer = Dialer::new(&[addr(1), addr(1), addr(2)], start);
+        assert_eq!(
+            dial_all(&mut dialer, start, &mut next),
+            vec![addr(1), addr(2)]
+        );
+        // Being dialled: not dialled twice.
+        assert!(dial_all(&mut dialer, start, &mut next).is_empty());
+        let mut now = start;
+        let mut waits = Vec::new();
+        // The first address's dial (connection 1) fails, again and again;
+        // the second's stays in flight.
+        let mut connection = ConnectionId::new_unchecked(1);
+        for _ in 0..8 {
+            dialer.lost(connection, now, "refused");
+            let mut wait = Duration::ZERO;
+            loop {
+                let dialled = dial_all(&mut dialer, now + wait, &mut next);
+                if !dialled.is_empty() {
+                    assert_eq!(dialled, vec![addr(1)]);
+                    break;
+                }
+                wait += Duration::from_millis(250);
+            }
+            connection = ConnectionId::new_unchecked(next);
+            waits.push(wait);
+            now += wait;
+        }
+        let expected: Vec<Duration> = [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]
+            .into_iter()
+            .map(Duration::from_millis)
+            .collect();
+        assert_eq!(waits, expected);
+        // Connected: the backoff starts over after the next loss.
+        let peer = PeerId::random();
+        dialer.established(connection, peer);
+        assert!(
+            dial_all(&mut dialer, now + MAX_BACKOFF, &mut next).is_empty(),
+            "connected"
+        );
+        dialer.lost(connection, now, "closed");
+        assert!(dial_all(&mut dialer, now, &mut next).is_empty());
+        assert_eq!(
+            dial_all(&mut dialer, now + FIRST_BACKOFF, &mut next),
+            vec![addr(1)]
+        );
+    }
+
+    #[test]
+    fn a_held_off_peer_is_not_dialled_and_a_reset_makes_it_due_at_once() {
+        let now = Instant::now();
+        let peer = PeerId::random();
+        let named: Multiaddr = format!("/ip4/127.0.0.1/tcp/9/p2p/{peer}").parse().unwrap();
+        assert_eq!(peer_of(&named), Some(peer));
+        assert_eq!(peer_of(&addr(9)), None);
+        let mut dialer = Dialer::new(std::slice::from_ref(&named), now);
+        let mut dialled = 0;
+        dialer.redial(
+            now,
+            |p| *p == peer,
+            |_, _| {
+                dialled += 1;
+                Ok(ConnectionId::new_unchecked(1))
+            },
+        );
+        assert_eq!(dialled, 0, "held off");
+        // A dial that cannot start backs off; a reset makes it due again.
+        dialer.redial(now, |_| false, |_, _| Err("no route".into()));
+        let mut next = 1;
+        assert!(dial_all(&mut dialer, now, &mut next).is_empty());
+        dialer.reset(&peer, now);
+        assert_eq!(dial_all(&mut dialer, now, &mut next), vec![named]);
     }
 }
