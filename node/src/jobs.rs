@@ -1,5 +1,7 @@
-//! Job work off the chain task: fetching the data parked blocks wait for,
-//! and auditing pending results.
+//! Job work off the chain task: fetching the data a job transaction needs
+//! before it is admitted ([`prepare_tx`]) and the data parked blocks wait
+//! for, and auditing pending results. Gossip, the HTTP API and sync reach
+//! job data through here.
 //!
 //! - **Parked blocks.** A block whose fraud proof needs a state or dataset
 //!   this node does not hold is parked by the chain (never marked invalid).
@@ -190,6 +192,34 @@ async fn prune_states(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+}
+
+/// Makes sure the node can judge `tx` before it reaches the mempool. Only a
+/// `PostJob` needs anything: its dataset, held or fetched from peers, so that
+/// this node relays only jobs that can be trained. The fetch is a download,
+/// so it runs after the transaction's stateless checks (size, fee, spec,
+/// signature) have passed; the sender pays nothing for a refusal, so a
+/// refusal must cost this node almost nothing. Results and fraud proofs
+/// need nothing here: the mempool admits them on cheap checks alone.
+pub async fn prepare_tx(
+    params: &protocol::ChainParams,
+    blobs: &BlobStore,
+    network: &NetworkClient,
+    tx: &protocol::SignedTx,
+) -> Result<(), String> {
+    let TxKind::PostJob { spec, .. } = &tx.body.kind else {
+        return Ok(());
+    };
+    protocol::validation::check_tx_stateless(tx, params).map_err(|e| e.to_string())?;
+    let digest = spec.dataset.digest;
+    blob_fetch::fetch(blobs, network, BlobName::Content(digest))
+        .await
+        .map(|_| ())
+        .map_err(|err| {
+            format!(
+                "job refused: this node does not hold dataset {digest} and cannot fetch it: {err}"
+            )
+        })
 }
 
 /// Fetches what judging the fraud proof `tx` will need (the job's dataset

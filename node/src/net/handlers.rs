@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::PeerId;
-use protocol::blob::BlobName;
 use protocol::codec;
 use protocol::{Block, ChainParams, SignedTx, TxId, TxKind};
 use tokio::sync::{mpsc, oneshot};
@@ -29,7 +28,6 @@ use crate::chain::{BlockOutcome, Relay, MAX_HEADERS};
 use crate::chain_task::{BlockSource, ChainHandle, ServiceError};
 use crate::mempool::MempoolError;
 use crate::miner::MinerStats;
-use crate::net::blob_fetch;
 use crate::observe::Observer;
 
 /// Penalty for bytes that do not decode.
@@ -71,29 +69,6 @@ fn log_result_submitted(tx: &SignedTx, from: &str) {
             metric = %result.metric, peer = from, "result submitted"
         );
     }
-}
-
-/// Makes sure the node can judge `tx` before it reaches the mempool. Only a
-/// `PostJob` needs anything: its dataset, held or fetched from peers, so that
-/// this node relays only jobs that can be trained. The fetch is a download,
-/// so it runs after the transaction's stateless checks (size, fee, spec,
-/// signature) have passed; the sender pays nothing for a refusal, so a
-/// refusal must cost this node almost nothing. Results and fraud proofs
-/// need nothing here: the mempool admits them on cheap checks alone.
-pub async fn prepare_tx(ctx: &Context, tx: &SignedTx) -> Result<(), String> {
-    let TxKind::PostJob { spec, .. } = &tx.body.kind else {
-        return Ok(());
-    };
-    protocol::validation::check_tx_stateless(tx, &ctx.params).map_err(|e| e.to_string())?;
-    let digest = spec.dataset.digest;
-    blob_fetch::fetch(&ctx.blobs, &ctx.network, BlobName::Content(digest))
-        .await
-        .map(|_| ())
-        .map_err(|err| {
-            format!(
-                "job refused: this node does not hold dataset {digest} and cannot fetch it: {err}"
-            )
-        })
 }
 
 /// Work that a transaction earns once the mempool admitted it: a fraud
@@ -232,7 +207,7 @@ async fn on_gossip_tx(ctx: &Context, source: PeerId, data: &[u8]) -> MessageAcce
         }
     };
     log_result_submitted(&tx, &source.to_string());
-    if let Err(reason) = prepare_tx(ctx, &tx).await {
+    if let Err(reason) = crate::jobs::prepare_tx(&ctx.params, &ctx.blobs, &ctx.network, &tx).await {
         tracing::info!(peer = %source, %reason, "ignored tx");
         return MessageAcceptance::Ignore;
     }
@@ -314,7 +289,7 @@ pub enum SubmitError {
 /// the mempool's cheap checks), then gossips it once admitted.
 pub async fn submit_from_client(ctx: &Context, tx: SignedTx) -> Result<TxId, SubmitError> {
     log_result_submitted(&tx, "http client");
-    if let Err(reason) = prepare_tx(ctx, &tx).await {
+    if let Err(reason) = crate::jobs::prepare_tx(&ctx.params, &ctx.blobs, &ctx.network, &tx).await {
         tracing::info!(%reason, peer = "http client", "rejected tx");
         return Err(SubmitError::Rejected(reason));
     }
